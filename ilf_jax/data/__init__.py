@@ -1,0 +1,1 @@
+"""Tasks, splits, annotation files and the paper's prompt/test formats (no JAX here)."""
