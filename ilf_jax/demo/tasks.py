@@ -1,0 +1,294 @@
+"""A generated MBPP-shaped task family: short filter/map/reduce functions with text, code and asserts.
+
+Every task is one *template* (domain, reduction, map, filter) filled with *constants*; the
+reference body is a single `return` line so that a tiny model can learn the family in minutes.
+Expected values come from running our own reference code in-process (it is generated here,
+never model output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from ilf_jax.data.task import Task
+
+FIRST_TASK_ID = 11  # ids 1-10 are the paper's unused prompt split
+
+_WORDS = (
+    "apple", "banana", "cherry", "date", "lemon", "mango", "olive", "pear", "plum", "kiwi",
+    "grape", "melon", "peach", "onion", "tomato", "carrot", "bean", "corn", "rice", "bread",
+    "table", "chair", "lamp", "door", "window", "house", "tree", "river", "stone", "cloud",
+    "rain", "snow", "wind", "fire", "sun", "moon", "star", "sky", "sea", "road",
+)
+_LETTERS = "abcdelmnoprst"
+
+# name -> (code, text, name token, constants); `{k}` is the constant, the loop variable is x or s.
+_INT_FILTERS: dict[str, tuple[str, str, str, tuple]] = {
+    "none": ("", "", "", ()),
+    "gt": ("x > {k}", "greater than {k}", "greater", tuple(range(1, 10))),
+    "lt": ("x < {k}", "less than {k}", "less", tuple(range(2, 11))),
+    "ge": ("x >= {k}", "at least {k}", "atleast", tuple(range(1, 10))),
+    "le": ("x <= {k}", "at most {k}", "atmost", tuple(range(2, 11))),
+    "div": ("x % {k} == 0", "divisible by {k}", "divisible", (3, 4, 5)),
+    "even": ("x % 2 == 0", "even", "even", ()),
+    "odd": ("x % 2 == 1", "odd", "odd", ()),
+}
+_INT_MAPS: dict[str, tuple[str, str, str, tuple]] = {
+    "id": ("x", "{items}", "", ()),
+    "sq": ("x ** 2", "the squares of {items}", "squares", ()),
+    "abs": ("abs(x)", "the absolute values of {items}", "abs", ()),
+    "mul": ("x * {k}", "{items}, each multiplied by {k}", "times", (2, 3, 4, 5)),
+    "add": ("x + {k}", "{items}, each increased by {k}", "plus", tuple(range(1, 10))),
+    "sub": ("x - {k}", "{items}, each decreased by {k}", "minus", tuple(range(1, 10))),
+}
+_STR_FILTERS: dict[str, tuple[str, str, str, tuple]] = {
+    "none": ("", "", "", ()),
+    "starts": ("s.startswith({k!r})", "start with {k!r}", "starting", tuple(_LETTERS)),
+    "ends": ("s.endswith({k!r})", "end with {k!r}", "ending", tuple(_LETTERS)),
+    "long": ("len(s) > {k}", "longer than {k} characters", "long", (3, 4, 5)),
+    "short": ("len(s) < {k}", "shorter than {k} characters", "short", (4, 5, 6)),
+}
+_STR_MAPS: dict[str, tuple[str, str, str, tuple]] = {
+    "id": ("s", "{items}", "", ()),
+    "upper": ("s.upper()", "the uppercase forms of {items}", "upper", ()),
+    "rev": ("s[::-1]", "the reverses of {items}", "reversed", ()),
+    "first": ("s[0]", "the first letters of {items}", "initials", ()),
+    "len": ("len(s)", "the lengths of {items}", "lengths", ()),
+}
+# reduction -> (code around the generator/list, text around the mapped items, name token)
+_REDUCES: dict[str, tuple[str, str, str]] = {
+    "sum": ("sum({gen})", "find the sum of {x}", "sum"),
+    "max": ("max({gen})", "find the largest value among {x}", "max"),
+    "min": ("min({gen})", "find the smallest value among {x}", "min"),
+    "count": ("len([{gen}])", "count {x}", "count"),
+    "list": ("[{gen}]", "return a list of {x}", "list"),
+    "join": ("''.join({gen})", "join {x} into one string", "join"),
+}
+_DOMAINS: dict[str, tuple[str, str, str]] = {  # domain -> (argument, iterable, items text)
+    "ints": ("nums", "nums", "the numbers in a list"),
+    "range": ("n", "range(1, n + 1)", "the numbers from 1 to n"),
+    "strs": ("words", "words", "the strings in a list"),
+}
+_DOMAIN_WEIGHTS = {"ints": 0.5, "range": 0.2, "strs": 0.3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """The structure of a task: domain, reduction, map and filter names."""
+
+    domain: str
+    reduce: str
+    map: str
+    filter: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A template instance: the template plus its map and filter constants."""
+
+    template: Template
+    map_k: object = None
+    filter_k: object = None
+
+
+def _tables(domain: str) -> tuple[dict, dict]:
+    """The (maps, filters) tables of a domain."""
+    return (_STR_MAPS, _STR_FILTERS) if domain == "strs" else (_INT_MAPS, _INT_FILTERS)
+
+
+def _valid(t: Template) -> bool:
+    """Whether a template makes a sensible, non-trivial task."""
+    if t.reduce == "count":
+        return t.map == "id" and t.filter != "none"
+    if t.domain == "strs":
+        if t.reduce in ("max", "min"):
+            return False
+        if t.reduce == "sum":
+            return t.map == "len"
+        if t.reduce == "join":
+            return t.map != "len"
+        return t.map != "id" or t.filter != "none"
+    if t.domain == "range":
+        return t.reduce in ("sum", "list") and (t.map != "id" or t.filter != "none")
+    return t.reduce != "join" and (t.reduce != "list" or t.map != "id" or t.filter != "none")
+
+
+def all_templates() -> tuple[Template, ...]:
+    """Every valid template, in a fixed order."""
+    out = []
+    for domain in _DOMAINS:
+        maps, filters = _tables(domain)
+        for red in _REDUCES:
+            for m in maps:
+                for f in filters:
+                    t = Template(domain, red, m, f)
+                    if _valid(t):
+                        out.append(t)
+    return tuple(out)
+
+
+def _draw_spec(template: Template, rng: random.Random) -> Spec:
+    """Fill a template with random constants."""
+    maps, filters = _tables(template.domain)
+    mk, fk = maps[template.map][3], filters[template.filter][3]
+    return Spec(template, rng.choice(mk) if mk else None, rng.choice(fk) if fk else None)
+
+
+def _has_constants(t: Template) -> bool:
+    """Whether a template has more than one instance."""
+    maps, filters = _tables(t.domain)
+    return bool(maps[t.map][3] or filters[t.filter][3])
+
+
+def function_name(spec: Spec) -> str:
+    """An MBPP-like function name, e.g. `sum_squares_greater`."""
+    t = spec.template
+    maps, filters = _tables(t.domain)
+    parts = [_REDUCES[t.reduce][2], maps[t.map][2], filters[t.filter][2]]
+    if t.domain == "range":
+        parts.append("upto")
+    return "_".join(p for p in parts if p)
+
+
+def task_text(spec: Spec, python: bool = False) -> str:
+    """The natural-language description, e.g. 'Write a function to find the sum of ...'."""
+    t = spec.template
+    maps, filters = _tables(t.domain)
+    items = _DOMAINS[t.domain][2]
+    ftext = filters[t.filter][1].format(k=spec.filter_k)
+    if ftext:
+        items += f" that {'are ' if t.domain != 'strs' or t.filter in ('long', 'short') else ''}{ftext}"
+    mapped = maps[t.map][1].format(items=items, k=spec.map_k)
+    lead = "Write a python function to " if python else "Write a function to "
+    return lead + _REDUCES[t.reduce][1].format(x=mapped) + "."
+
+
+def reference_body(spec: Spec) -> str:
+    """The one-line reference body (indented, newline-terminated)."""
+    t = spec.template
+    maps, filters = _tables(t.domain)
+    var = "s" if t.domain == "strs" else "x"
+    fcode = filters[t.filter][0].format(k=spec.filter_k)
+    gen = f"{maps[t.map][0].format(k=spec.map_k)} for {var} in {_DOMAINS[t.domain][1]}"
+    if fcode:
+        gen += f" if {fcode}"
+    return f"    return {_REDUCES[t.reduce][0].format(gen=gen)}\n"
+
+
+def reference_code(spec: Spec) -> str:
+    """The full reference program: the `def` line and the body."""
+    return f"def {function_name(spec)}({_DOMAINS[spec.template.domain][0]}):\n{reference_body(spec)}"
+
+
+def _run(code: str, name: str, arg: object) -> object:
+    """Call our own generated function on one argument; exceptions come back as values."""
+    env: dict = {}
+    exec(code, env)  # noqa: S102 - generated here from the grammar above, never model output
+    try:
+        return env[name](list(arg) if isinstance(arg, list) else arg)
+    except Exception as e:  # noqa: BLE001 - a crash is a distinguishable outcome
+        return type(e)
+
+
+def _draw_input(spec: Spec, rng: random.Random) -> object:
+    """A random argument, biased to contain the constants so that boundary bugs show."""
+    t = spec.template
+    if t.domain == "range":
+        return rng.randint(3, 15)
+    if t.domain == "strs":
+        words = rng.sample(_WORDS, rng.randint(3, 6))
+        if t.filter in ("starts", "ends") and rng.random() < 0.8:
+            stem = rng.choice(("ab", "ok", "um", "el", "ra"))
+            words[rng.randrange(len(words))] = spec.filter_k + stem if t.filter == "starts" else stem + spec.filter_k
+        return words
+    low = -6 if t.map in ("abs", "sub") else 0
+    nums = [rng.randint(low, 12) for _ in range(rng.randint(4, 7))]
+    if isinstance(spec.filter_k, int):
+        for i in range(len(nums)):
+            if rng.random() < 0.25:
+                nums[i] = spec.filter_k
+    return nums
+
+
+def make_task(spec: Spec, task_id: int, rng: random.Random, python: bool = False) -> Task | None:
+    """Build the task of a spec: three asserts that pass on the reference and catch each bug.
+
+    Returns None when no inputs were found that make every applicable bug fail a test.
+    """
+    from ilf_jax.demo.bugs import applicable_bugs  # late: bugs imports this module
+
+    code, name = reference_code(spec), function_name(spec)
+    bug_codes = [bug.apply(code) for bug in applicable_bugs(code)]
+    for _ in range(50):
+        args = [_draw_input(spec, rng) for _ in range(3)]
+        if len({repr(a) for a in args}) < 3:
+            continue
+        outs = [_run(code, name, a) for a in args]
+        if any(isinstance(o, type) for o in outs) or len({repr(o) for o in outs}) < 2:
+            continue
+        if all(any(_run(b, name, a) != o for a, o in zip(args, outs)) for b in bug_codes):
+            tests = tuple(f"assert {name}({a!r}) == {o!r}" for a, o in zip(args, outs))
+            return Task(task_id, task_text(spec, python), code, tests)
+    return None
+
+
+def _random_template(rng: random.Random, templates: tuple[Template, ...]) -> Template:
+    """Draw a domain by weight, then a template of that domain uniformly."""
+    domain = rng.choices(list(_DOMAIN_WEIGHTS), weights=list(_DOMAIN_WEIGHTS.values()))[0]
+    return rng.choice([t for t in templates if t.domain == domain])
+
+
+def draw_task(rng: random.Random, task_id: int, exclude: set[str],
+              templates: tuple[Template, ...] | None = None) -> Task:
+    """A random task whose reference code is not in `exclude` (from `templates`, default all)."""
+    pool = all_templates()
+    for _ in range(10_000):
+        template = rng.choice(templates) if templates else _random_template(rng, pool)
+        spec = _draw_spec(template, rng)
+        if reference_code(spec) in exclude:
+            continue
+        task = make_task(spec, task_id, rng, python=rng.random() < 0.2)
+        if task is not None:
+            return task
+    raise ValueError("could not draw a new task: the template space is exhausted")
+
+
+def split_ranges(n_refine: int, n_train: int, n_test: int) -> dict[str, range]:
+    """Task-id ranges in the paper's order: test first (from id 11), then refine, then train."""
+    test = range(FIRST_TASK_ID, FIRST_TASK_ID + n_test)
+    refine = range(test.stop, test.stop + n_refine)
+    return {"test": test, "refine": refine, "train": range(refine.stop, refine.stop + n_train)}
+
+
+def template_of(task: Task) -> Template:
+    """Recover the template of a generated task from its reference code."""
+    for t in all_templates():
+        maps, filters = _tables(t.domain)
+        spec = Spec(t, maps[t.map][3][0] if maps[t.map][3] else None,
+                    filters[t.filter][3][0] if filters[t.filter][3] else None)
+        if function_name(spec) == task.entry_point and task.code.startswith(f"def {task.entry_point}("):
+            return t
+    raise ValueError(f"task {task.task_id} is not from the demo family")
+
+
+def generate_tasks(seed: int, n_refine: int = 60, n_train: int = 150, n_test: int = 100) -> dict[str, list[Task]]:
+    """The demo splits {'refine', 'train', 'test'}; test tasks reuse train templates with new constants."""
+    rng = random.Random(seed)
+    ids = split_ranges(n_refine, n_train, n_test)
+    used: set[str] = set()
+    out: dict[str, list[Task]] = {}
+    for split in ("refine", "train"):
+        out[split] = []
+        for tid in ids[split]:
+            task = draw_task(rng, tid, used)
+            used.add(task.code)
+            out[split].append(task)
+    train_templates = sorted({template_of(t) for t in out["train"]}, key=repr)
+    eligible = tuple(t for t in train_templates if _has_constants(t))
+    out["test"] = []
+    for tid in ids["test"]:
+        task = draw_task(rng, tid, used, eligible)
+        used.add(task.code)
+        out["test"].append(task)
+    return {k: out[k] for k in ("refine", "train", "test")}

@@ -1,0 +1,28 @@
+"""`ilf convert HF_DIR OUT_DIR`: an HF CodeGen directory to our checkpoint (config, tokenizer, Orbax)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("hf_dir", help="HF CodeGen directory (config.json + safetensors or .bin weights)")
+    parser.add_argument("out_dir", help="where to write the ilf_jax checkpoint")
+    parser.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), help="storage dtype (default: keep config's)")
+    parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor mesh to place params on while converting")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from ilf_jax.model.store import load_model, save_model
+    from ilf_jax.parallel.mesh import make_mesh, parse_mesh
+
+    mesh = make_mesh(parse_mesh(args.mesh))
+    overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
+    config, params = load_model(args.hf_dir, mesh=mesh, **overrides)
+    tok = pathlib.Path(args.hf_dir)
+    save_model(args.out_dir, config, params, tokenizer_dir=tok)
+    print(f"converted {args.hf_dir} -> {args.out_dir} ({config.n_layer} layers, {config.n_embd} wide)")
+    return 0
+

@@ -1,0 +1,194 @@
+"""HF CodeGen directory <-> our parameter pytree, one tensor at a time.
+
+Import reads `model.safetensors`, sharded safetensors with an index, `pytorch_model.bin` or
+sharded `.bin` (torch needed only for `.bin`), transforms each tensor by the weight map and
+places it straight into its sharding. Export streams our parameters into safetensors + config.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Sharding
+
+from ilf_jax.errors import IlfError
+from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.safetensors_io import SafetensorsFile, write_safetensors
+from ilf_jax.model.weight_map import IGNORED_SUFFIXES, weight_map
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+
+
+class TensorSource:
+    """Name -> lazily read numpy array, over the weight files of one HF directory."""
+
+    def __init__(self, directory: str | pathlib.Path):
+        self.directory = pathlib.Path(directory)
+        if not self.directory.is_dir():
+            raise IlfError(f"{self.directory}: model directory not found")
+        self._where: dict[str, pathlib.Path] = {}
+        self._files: dict[pathlib.Path, Any] = {}
+        d = self.directory
+        for index_name, single in (
+            ("model.safetensors.index.json", "model.safetensors"),
+            ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+        ):
+            if (d / index_name).is_file():
+                try:
+                    weight_map_ = json.loads((d / index_name).read_text())["weight_map"]
+                except (json.JSONDecodeError, KeyError):
+                    raise IlfError(f"{d / index_name}: not a valid checkpoint index (no weight_map)") from None
+                self._where = {k: d / v for k, v in weight_map_.items()}
+                break
+            if (d / single).is_file():
+                self._where = {k: d / single for k in self._open(d / single).keys()}
+                break
+        else:
+            raise IlfError(f"{d}: no model.safetensors, pytorch_model.bin or index file")
+        for path in set(self._where.values()):
+            if not path.is_file():
+                raise IlfError(f"{path}: weight file named by the index is missing")
+
+    def _open(self, path: pathlib.Path) -> Any:
+        if path not in self._files:
+            if path.suffix == ".safetensors":
+                self._files[path] = SafetensorsFile(path)
+            else:
+                self._files[path] = _BinFile(path)
+        return self._files[path]
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self._where[name]).shape(name))
+
+    def read(self, name: str) -> np.ndarray:
+        return self._open(self._where[name]).read(name)
+
+    def file_of(self, name: str) -> pathlib.Path:
+        return self._where[name]
+
+
+class _BinFile:
+    """A PyTorch `.bin` checkpoint, memory-mapped by torch so tensors are read as they are used."""
+
+    def __init__(self, path: pathlib.Path):
+        try:
+            import torch
+        except ImportError:
+            raise IlfError(f"{path}: reading .bin checkpoints needs torch (pip install 'ilf_jax[torch]')") from None
+        try:
+            self._state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:  # torch raises many types for corrupt files
+            raise IlfError(f"{path}: cannot read PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+        self.path = path
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[name].shape)
+
+    def read(self, name: str) -> np.ndarray:
+        import torch
+
+        t = self._state[name]
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(jnp.bfloat16)
+        return t.numpy()
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _place(array: np.ndarray, sharding: Sharding | None) -> jax.Array:
+    if sharding is None:
+        return jax.device_put(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def load_hf_params(
+    directory: str | pathlib.Path,
+    config: CodeGenConfig,
+    shardings: Any | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Read an HF CodeGen checkpoint into our pytree, each leaf placed into its sharding as read."""
+    source = TensorSource(directory)
+    entries = weight_map(config)
+    expected = {e.hf_name for e in entries}
+    unknown = [k for k in source.keys() if k not in expected and not k.endswith(IGNORED_SUFFIXES)]
+    if unknown:
+        raise IlfError(f"{source.file_of(unknown[0])}: unexpected tensor {unknown[0]!r} for a CodeGen model ({len(unknown)} in all)")
+    dtype = jnp.dtype(config.param_dtype)
+    params: dict = {}
+    for entry in entries:
+        if entry.hf_name not in source.keys():
+            raise IlfError(f"{directory}: checkpoint has no tensor {entry.hf_name!r}")
+        shape = source.shape(entry.hf_name)
+        if shape != entry.hf_shape:
+            raise IlfError(
+                f"{source.file_of(entry.hf_name)}: tensor {entry.hf_name!r} has shape {list(shape)}, "
+                f"config.json implies {list(entry.hf_shape)}"
+            )
+        array = entry.to_jax(source.read(entry.hf_name)).astype(dtype)
+        sharding = None if shardings is None else _get(shardings, entry.path)
+        _set(params, entry.path, _place(np.ascontiguousarray(array), sharding))
+        del array
+        if progress:
+            progress(entry.hf_name)
+    return params
+
+
+def export_hf(
+    params: Any, config: CodeGenConfig, out_dir: str | pathlib.Path, tokenizer_dir: str | pathlib.Path | None = None
+) -> pathlib.Path:
+    """Write `config.json` + `model.safetensors` (+ tokenizer files) that transformers loads."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(jnp.dtype(config.param_dtype))
+
+    def tensors() -> Iterator:
+        for entry in weight_map(config):
+            leaf = _get(params, entry.path)
+            fetch = lambda leaf=leaf, entry=entry: entry.to_hf(np.asarray(jax.device_get(leaf)))  # noqa: E731
+            yield entry.hf_name, entry.hf_shape, dtype, fetch
+
+    write_safetensors(out_dir / "model.safetensors", tensors(), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, out_dir)
+    return out_dir
+
+
+def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> None:
+    """Copy whatever tokenizer files `src` holds (AutoTokenizer loads them from `dst`)."""
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    if src.resolve() == dst.resolve():
+        return
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

@@ -1,0 +1,81 @@
+"""Builders shared by tests: tiny random HF CodeGen models and a tiny byte-level BPE tokenizer."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+TINY_CONFIGS = {
+    # rotary_dim < head_dim in all; the second has n_inner set, the third 8 heads.
+    "a": dict(vocab_size=256, n_positions=128, n_embd=32, n_layer=2, n_head=4, rotary_dim=4),
+    "b": dict(vocab_size=300, n_positions=128, n_embd=64, n_layer=3, n_head=4, rotary_dim=8, n_inner=96),
+    "c": dict(vocab_size=512, n_positions=128, n_embd=64, n_layer=2, n_head=8, rotary_dim=6),
+}
+
+
+def hf_config(**kwargs):
+    """A transformers CodeGenConfig with dropout off and EOS/BOS 0."""
+    from transformers import CodeGenConfig
+
+    kwargs = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, **kwargs}
+    return CodeGenConfig(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, n_ctx=kwargs.get("n_positions", 128), **kwargs)
+
+
+def tiny_hf_model(seed: int = 0, std: float = 0.2, **kwargs):
+    """A random CodeGenForCausalLM (fp32, eval mode) with large enough weights for non-trivial logits."""
+    import torch
+    from transformers import CodeGenForCausalLM
+
+    torch.manual_seed(seed)
+    model = CodeGenForCausalLM(hf_config(**kwargs)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(std * torch.randn_like(p))
+    return model
+
+
+def save_hf(model, directory: pathlib.Path, safe: bool = True) -> pathlib.Path:
+    """save_pretrained in safetensors or .bin form."""
+    model.save_pretrained(directory, safe_serialization=safe)
+    return directory
+
+
+def random_batch(rng: np.random.Generator, batch: int, length: int, vocab: int, min_len: int = 2):
+    """Left-padded token batch: (tokens [B, T] int32, valid [B, T] bool), rows of different lengths."""
+    lengths = rng.integers(min_len, length + 1, size=batch)
+    lengths[0] = length
+    tokens = rng.integers(1, vocab, size=(batch, length)).astype(np.int32)
+    valid = np.arange(length)[None, :] >= (length - lengths)[:, None]
+    tokens = np.where(valid, tokens, 0).astype(np.int32)
+    return tokens, valid
+
+
+def tiny_tokenizer(directory: pathlib.Path, vocab_size: int = 256) -> pathlib.Path:
+    """Train a small byte-level BPE (with `<|endoftext|>` at id 0) and save it for AutoTokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [
+        "def add(a, b):\n    return a + b\n",
+        "def first(xs):\n    if not xs:\n        return None\n    return xs[0]\n",
+        '"""\nWrite a function to sum a list.\n>>> Example: sum_list([1, 2]) = 3\n"""\n',
+        "for i in range(10):\n    print(i * i)\n",
+    ] * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    directory.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(directory)
+    return directory
