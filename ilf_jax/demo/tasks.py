@@ -12,6 +12,7 @@ import dataclasses
 import random
 
 from ilf_jax.data.task import Task
+from ilf_jax.demo.bugs import applicable_bugs
 
 FIRST_TASK_ID = 11  # ids 1-10 are the paper's unused prompt split
 
@@ -142,7 +143,7 @@ def _has_constants(t: Template) -> bool:
 
 
 def function_name(spec: Spec) -> str:
-    """An MBPP-like function name, e.g. `sum_squares_greater`."""
+    """An MBPP-like function name, e.g. `sum_squares_greater`; one name per template."""
     t = spec.template
     maps, filters = _tables(t.domain)
     parts = [_REDUCES[t.reduce][2], maps[t.map][2], filters[t.filter][2]]
@@ -199,7 +200,7 @@ def _draw_input(spec: Spec, rng: random.Random) -> object:
     if t.domain == "strs":
         words = rng.sample(_WORDS, rng.randint(3, 6))
         if t.filter in ("starts", "ends") and rng.random() < 0.8:
-            stem = rng.choice(("ab", "ok", "um", "el", "ra"))
+            stem = rng.choice(("ab", "ot", "en", "ar", "il"))
             words[rng.randrange(len(words))] = spec.filter_k + stem if t.filter == "starts" else stem + spec.filter_k
         return words
     low = -6 if t.map in ("abs", "sub") else 0
@@ -211,15 +212,26 @@ def _draw_input(spec: Spec, rng: random.Random) -> object:
     return nums
 
 
+def _mutants(spec: Spec) -> list[str]:
+    """Wrong programs the asserts must reject: each applicable bug, and the spec minus its map or filter."""
+    code = reference_code(spec)
+    out = [bug.apply(code) for bug in applicable_bugs(code)]
+    t = spec.template
+    if t.map != "id":
+        out.append(reference_code(dataclasses.replace(spec, template=dataclasses.replace(t, map="id"))))
+    if t.filter != "none":
+        out.append(reference_code(dataclasses.replace(spec, template=dataclasses.replace(t, filter="none"))))
+    return out
+
+
 def make_task(spec: Spec, task_id: int, rng: random.Random, python: bool = False) -> Task | None:
     """Build the task of a spec: three asserts that pass on the reference and catch each bug.
 
-    Returns None when no inputs were found that make every applicable bug fail a test.
+    Returns None when no inputs were found that make every applicable bug (and dropping the map
+    or the filter) fail a test.
     """
-    from ilf_jax.demo.bugs import applicable_bugs  # late: bugs imports this module
-
     code, name = reference_code(spec), function_name(spec)
-    bug_codes = [bug.apply(code) for bug in applicable_bugs(code)]
+    bug_codes = _mutants(spec)
     for _ in range(50):
         args = [_draw_input(spec, rng) for _ in range(3)]
         if len({repr(a) for a in args}) < 3:
@@ -240,8 +252,8 @@ def _random_template(rng: random.Random, templates: tuple[Template, ...]) -> Tem
 
 
 def draw_task(rng: random.Random, task_id: int, exclude: set[str],
-              templates: tuple[Template, ...] | None = None) -> Task:
-    """A random task whose reference code is not in `exclude` (from `templates`, default all)."""
+              templates: tuple[Template, ...] | None = None) -> tuple[Spec, Task]:
+    """A random (spec, task) whose reference code is not in `exclude` (from `templates`, default all)."""
     pool = all_templates()
     for _ in range(10_000):
         template = rng.choice(templates) if templates else _random_template(rng, pool)
@@ -250,7 +262,7 @@ def draw_task(rng: random.Random, task_id: int, exclude: set[str],
             continue
         task = make_task(spec, task_id, rng, python=rng.random() < 0.2)
         if task is not None:
-            return task
+            return spec, task
     raise ValueError("could not draw a new task: the template space is exhausted")
 
 
@@ -261,34 +273,25 @@ def split_ranges(n_refine: int, n_train: int, n_test: int) -> dict[str, range]:
     return {"test": test, "refine": refine, "train": range(refine.stop, refine.stop + n_train)}
 
 
-def template_of(task: Task) -> Template:
-    """Recover the template of a generated task from its reference code."""
-    for t in all_templates():
-        maps, filters = _tables(t.domain)
-        spec = Spec(t, maps[t.map][3][0] if maps[t.map][3] else None,
-                    filters[t.filter][3][0] if filters[t.filter][3] else None)
-        if function_name(spec) == task.entry_point and task.code.startswith(f"def {task.entry_point}("):
-            return t
-    raise ValueError(f"task {task.task_id} is not from the demo family")
-
-
 def generate_tasks(seed: int, n_refine: int = 60, n_train: int = 150, n_test: int = 100) -> dict[str, list[Task]]:
     """The demo splits {'refine', 'train', 'test'}; test tasks reuse train templates with new constants."""
     rng = random.Random(seed)
     ids = split_ranges(n_refine, n_train, n_test)
     used: set[str] = set()
     out: dict[str, list[Task]] = {}
+    train_templates: set[Template] = set()
     for split in ("refine", "train"):
         out[split] = []
         for tid in ids[split]:
-            task = draw_task(rng, tid, used)
+            spec, task = draw_task(rng, tid, used)
             used.add(task.code)
             out[split].append(task)
-    train_templates = sorted({template_of(t) for t in out["train"]}, key=repr)
-    eligible = tuple(t for t in train_templates if _has_constants(t))
+            if split == "train":
+                train_templates.add(spec.template)
+    eligible = tuple(t for t in all_templates() if t in train_templates and _has_constants(t))
     out["test"] = []
     for tid in ids["test"]:
-        task = draw_task(rng, tid, used, eligible)
+        _, task = draw_task(rng, tid, used, eligible)
         used.add(task.code)
         out["test"].append(task)
     return {k: out[k] for k in ("refine", "train", "test")}
