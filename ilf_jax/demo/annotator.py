@@ -95,33 +95,30 @@ out, real = [], sys.stdout
 def alarm(*_):
     raise TimeoutError("timed out")
 signal.signal(signal.SIGALRM, alarm)
-def run(src, calls):
+def run(src, every):
     env, seen = {}, []
     signal.setitimer(signal.ITIMER_REAL, 1.0)
     try:
         exec(job["setup"] + "\n" + src, env)
-        for call, expected in calls:
+        for call, expected in job["calls"]:
             try:
                 got = eval(call, env)
-                ok = got == eval(expected, env)
-                seen.append([call, expected, repr(got)[:200], bool(ok)])
-            except BaseException as e:
-                seen.append([call, expected, type(e).__name__ + ": " + str(e)[:200], False])
-                ok = False
-            if not ok and not calls_all:
+                seen.append([call, expected, repr(got)[:200], bool(got == eval(expected, env)), False])
+            except Exception as e:
+                seen.append([call, expected, type(e).__name__ + ": " + str(e)[:200], False, True])
+            if not (seen[-1][3] or every):
                 break
     except BaseException as e:
-        seen.append([None, None, type(e).__name__ + ": " + str(e)[:200], False])
+        seen.append([None, None, type(e).__name__ + ": " + str(e)[:200], False, True])
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     return seen
 for idx, src in enumerate(job["programs"]):
-    calls_all = idx == 0
     sys.stdout = io.StringIO()
-    seen = run(src, job["calls"])
+    seen = run(src, idx == 0)
     sys.stdout = real
     out.append({"passed": len(seen) == len(job["calls"]) and all(s[3] for s in seen), "seen": seen})
-    if idx > 0 and out[-1]["passed"]:
+    if out[-1]["passed"]:
         break
 real.write(json.dumps(out))
 """
@@ -140,7 +137,7 @@ def _calls(task: Task) -> list[tuple[str, str]]:
 
 
 def _check(task: Task, programs: list[str]) -> list[dict]:
-    """Run programs in order in a child process; stops after the first passing one (after the first)."""
+    """Run programs in order in a child process, up to the first passing one; [] when the child fails."""
     job = json.dumps({"setup": task.test_setup_code, "calls": _calls(task), "programs": programs})
     try:
         proc = subprocess.run([sys.executable, "-I", "-c", _CHILD], input=job, capture_output=True,
@@ -151,7 +148,7 @@ def _check(task: Task, programs: list[str]) -> list[dict]:
 
 
 def _snippet(tokens: list[str], i1: int, i2: int) -> str:
-    """Tokens [i1, i2) widened by one non-space token on each side, as code text."""
+    """Tokens [i1, i2) widened by one non-space token each side, or to a nearby enclosing call, as text."""
     lo, hi = i1, i2
     while lo > 0 and tokens[lo - 1].isspace():
         lo -= 1
@@ -159,7 +156,30 @@ def _snippet(tokens: list[str], i1: int, i2: int) -> str:
     while hi < len(tokens) and tokens[hi].isspace():
         hi += 1
     hi = min(hi + 1, len(tokens))
-    return " ".join("".join(tokens[lo:hi]).split())
+    return " ".join("".join(tokens[_call_start(tokens, lo, hi):_call_end(tokens, lo, hi)]).split())
+
+
+def _call_start(tokens: list[str], lo: int, hi: int) -> int:
+    """Start of a short call `name(...)` enclosing tokens [lo, hi), else `lo`."""
+    depth = 0
+    for k in range(lo - 1, max(lo - 7, 0), -1):
+        depth += {")": 1, "(": -1}.get(tokens[k], 0)
+        if depth < 0:
+            short = re.fullmatch(r"[A-Za-z_]\w*", tokens[k - 1]) and _call_end(tokens, k, k + 1) - k <= 12
+            return k - 1 if short else lo
+    return lo
+
+
+def _call_end(tokens: list[str], lo: int, hi: int) -> int:
+    """End (exclusive) of the parenthesis opened before `hi` at `lo`, if `tokens[lo]` opens one and it closes soon."""
+    if tokens[lo] != "(" and _call_start(tokens, lo, hi) == lo:
+        return hi
+    depth = 0
+    for k in range(lo if tokens[lo] == "(" else hi, min(hi + 12, len(tokens))):
+        depth += {"(": 1, ")": -1}.get(tokens[k], 0)
+        if depth == 0 and tokens[k] == ")" or depth < 0:
+            return k + 1
+    return hi
 
 
 _KNOWN = {  # (old, new) -> phrasings; {old}/{new} are code snippets, {k} the neighbouring constant
@@ -231,8 +251,6 @@ def _describe(hunk: _Hunk, a: list[str], b: list[str], rng: random.Random) -> st
     """One sentence that names what a hunk fixes and how."""
     old_part, new_part = "".join(a[hunk.i1:hunk.i2]).strip(), "".join(b[hunk.j1:hunk.j2]).strip()
     old, new = _snippet(a, hunk.i1, hunk.i2), _snippet(b, hunk.j1, hunk.j2)
-    if (old_part, new_part) == ("", "+ 1") or (old_part, new_part) == ("", "** 2"):
-        old, new = _snippet(a, hunk.i1 - 2, hunk.i2), _snippet(b, hunk.j1 - 2, hunk.j2)
     k = next((t for t in b[hunk.j2:] if not t.isspace()), "")
     phrasings = _KNOWN.get((old_part, new_part))
     if phrasings is None:
@@ -243,11 +261,9 @@ def _describe(hunk: _Hunk, a: list[str], b: list[str], rng: random.Random) -> st
 
 def _observation(seen: list, error: str, rng: random.Random) -> str:
     """A sentence about how the original program fails, from its run or else the given error text."""
-    for call, expected, got, ok in seen:
-        if not ok and call is not None and ":" not in got.split("(")[0]:
-            return rng.choice(_OBSERVED).format(call=call, got=got, expected=expected)
+    for call, expected, got, ok, raised in seen:
         if not ok:
-            return rng.choice(_CRASHED).format(error=got)
+            return rng.choice(_CRASHED if raised else _OBSERVED).format(call=call, got=got, expected=expected, error=got)
     lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
     return rng.choice(_CRASHED).format(error=lines[-1][:200]) if lines else ""
 

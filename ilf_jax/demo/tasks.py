@@ -111,7 +111,7 @@ def _valid(t: Template) -> bool:
             return t.map != "len"
         return t.map != "id" or t.filter != "none"
     if t.domain == "range":
-        return t.reduce in ("sum", "list") and (t.map != "id" or t.filter != "none")
+        return t.reduce in ("sum", "list") and t.map != "abs" and (t.map != "id" or t.filter != "none")
     return t.reduce != "join" and (t.reduce != "list" or t.map != "id" or t.filter != "none")
 
 
@@ -216,11 +216,11 @@ def _mutants(spec: Spec) -> list[str]:
     """Wrong programs the asserts must reject: each applicable bug, and the spec minus its map or filter."""
     code = reference_code(spec)
     out = [bug.apply(code) for bug in applicable_bugs(code)]
-    t = spec.template
+    t, head = spec.template, code.split("\n", 1)[0] + "\n"
     if t.map != "id":
-        out.append(reference_code(dataclasses.replace(spec, template=dataclasses.replace(t, map="id"))))
+        out.append(head + reference_body(dataclasses.replace(spec, template=dataclasses.replace(t, map="id"))))
     if t.filter != "none":
-        out.append(reference_code(dataclasses.replace(spec, template=dataclasses.replace(t, filter="none"))))
+        out.append(head + reference_body(dataclasses.replace(spec, template=dataclasses.replace(t, filter="none"))))
     return out
 
 
