@@ -148,7 +148,7 @@ def _check(task: Task, programs: list[str]) -> list[dict]:
 
 
 def _snippet(tokens: list[str], i1: int, i2: int) -> str:
-    """Tokens [i1, i2) widened by one non-space token each side, or to a nearby enclosing call, as text."""
+    """Tokens [i1, i2) widened by one non-space token each side, or to a short enclosing call, as text."""
     lo, hi = i1, i2
     while lo > 0 and tokens[lo - 1].isspace():
         lo -= 1
@@ -156,30 +156,32 @@ def _snippet(tokens: list[str], i1: int, i2: int) -> str:
     while hi < len(tokens) and tokens[hi].isspace():
         hi += 1
     hi = min(hi + 1, len(tokens))
-    return " ".join("".join(tokens[_call_start(tokens, lo, hi):_call_end(tokens, lo, hi)]).split())
+    opener = _unmatched_open(tokens, lo)
+    if opener is not None and opener > 0 and re.fullmatch(r"[A-Za-z_]\w*", tokens[opener - 1]):
+        close = _matching_close(tokens, opener)
+        if close is not None and close - opener <= 12 and close >= hi - 1:
+            lo, hi = opener - 1, close + 1
+    return " ".join("".join(tokens[lo:hi]).split())
 
 
-def _call_start(tokens: list[str], lo: int, hi: int) -> int:
-    """Start of a short call `name(...)` enclosing tokens [lo, hi), else `lo`."""
+def _unmatched_open(tokens: list[str], lo: int) -> int | None:
+    """Index of an unclosed `(` at most 6 tokens left of `lo`."""
     depth = 0
-    for k in range(lo - 1, max(lo - 7, 0), -1):
+    for k in range(lo - 1, max(lo - 7, -1), -1):
         depth += {")": 1, "(": -1}.get(tokens[k], 0)
         if depth < 0:
-            short = re.fullmatch(r"[A-Za-z_]\w*", tokens[k - 1]) and _call_end(tokens, k, k + 1) - k <= 12
-            return k - 1 if short else lo
-    return lo
+            return k
+    return None
 
 
-def _call_end(tokens: list[str], lo: int, hi: int) -> int:
-    """End (exclusive) of the parenthesis opened before `hi` at `lo`, if `tokens[lo]` opens one and it closes soon."""
-    if tokens[lo] != "(" and _call_start(tokens, lo, hi) == lo:
-        return hi
+def _matching_close(tokens: list[str], opener: int) -> int | None:
+    """Index of the `)` that closes the `(` at `opener`."""
     depth = 0
-    for k in range(lo if tokens[lo] == "(" else hi, min(hi + 12, len(tokens))):
+    for k in range(opener, len(tokens)):
         depth += {"(": 1, ")": -1}.get(tokens[k], 0)
-        if depth == 0 and tokens[k] == ")" or depth < 0:
-            return k + 1
-    return hi
+        if depth == 0:
+            return k
+    return None
 
 
 _KNOWN = {  # (old, new) -> phrasings; {old}/{new} are code snippets, {k} the neighbouring constant

@@ -9,6 +9,8 @@ never model output).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import random
 
 from ilf_jax.data.task import Task
@@ -213,9 +215,11 @@ def _draw_input(spec: Spec, rng: random.Random) -> object:
 
 
 def _mutants(spec: Spec) -> list[str]:
-    """Wrong programs the asserts must reject: each applicable bug, and the spec minus its map or filter."""
+    """Wrong programs the asserts must reject: any mix of applicable bugs, and the spec minus its map or filter."""
     code = reference_code(spec)
-    out = [bug.apply(code) for bug in applicable_bugs(code)]
+    bugs = applicable_bugs(code)
+    out = [functools.reduce(lambda c, b: b.apply(c), subset, code)
+           for r in range(1, len(bugs) + 1) for subset in itertools.combinations(bugs, r)]
     t, head = spec.template, code.split("\n", 1)[0] + "\n"
     if t.map != "id":
         out.append(head + reference_body(dataclasses.replace(spec, template=dataclasses.replace(t, map="id"))))
