@@ -1,0 +1,98 @@
+"""Multi-controller JAX: process start-up, per-process shares of work, and merging host results.
+
+One process per host; all of them run the same program over a global mesh. Host-side work
+(tokenizing, executing programs) is split by `process_share`, and results are merged with
+`allgather_objects` so that every process sees every record; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Sharding
+
+from ilf_jax.errors import IlfError
+
+ENV_COORDINATOR = "ILF_COORDINATOR"
+ENV_NUM_PROCESSES = "ILF_NUM_PROCESSES"
+ENV_PROCESS_ID = "ILF_PROCESS_ID"
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Start the multi-controller runtime from arguments or ILF_* environment variables.
+
+    With nothing given: on TPU VMs JAX discovers the pod itself; elsewhere this is one process
+    and nothing is done. CPU clusters get gloo collectives.
+    """
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR)
+    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
+        num_processes = int(os.environ[ENV_NUM_PROCESSES])
+    if process_id is None and os.environ.get(ENV_PROCESS_ID):
+        process_id = int(os.environ[ENV_PROCESS_ID])
+    if coordinator is None:
+        if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+            jax.distributed.initialize()
+        return
+    if num_processes is None or process_id is None:
+        raise IlfError(f"{ENV_COORDINATOR} is set: also give the number of processes and this process's id")
+    if not 0 <= process_id < num_processes:
+        raise IlfError(f"process id {process_id} is outside 0..{num_processes - 1}")
+    if os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def is_main() -> bool:
+    """True on the process that writes shared artifacts."""
+    return jax.process_index() == 0
+
+
+def process_share(n: int, index: int | None = None, count: int | None = None) -> range:
+    """The contiguous slice of `n` items this process handles (sizes differ by at most one)."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    base, extra = divmod(n, count)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (index < extra))
+
+
+def global_array(local: np.ndarray, sharding: Sharding, global_shape: Sequence[int] | None = None) -> jax.Array:
+    """A global array from this process's rows (its share of the leading axis)."""
+    if global_shape is None:
+        return jax.make_array_from_process_local_data(sharding, local)
+    return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
+
+
+def allgather_objects(obj: Any) -> list[Any]:
+    """Every process's `obj`, in process order (pickled; for modest host-side records)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([payload.size], np.int64))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: payload.size] = payload
+    gathered = multihost_utils.process_allgather(padded)
+    return [pickle.loads(gathered[i, : int(sizes[i][0])].tobytes()) for i in range(jax.process_count())]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(value: Any) -> Any:
+    """Check that all processes hold the same JSON-able `value` (e.g. a stage's done state); return it."""
+    values = allgather_objects(json.dumps(value, sort_keys=True))
+    if len(set(values)) != 1:
+        raise RuntimeError(f"processes disagree: {values}")
+    return value
