@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ilf_jax.demo.cli", "run the embedded CPU-sized ILF experiment"),
 }
 
+# Commands that run the same program on every host of a pod or cluster.
+MULTI_HOST = ("convert", "sample", "train", "run", "demo")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilf", description=__doc__.splitlines()[0])
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(rest)
     try:
+        if name in MULTI_HOST:
+            from ilf_jax.parallel.distributed import initialize
+
+            initialize()  # joins a pod / cluster when one is configured; no-op on one host
         return int(module.run(args) or 0)
     except IlfError as e:
         print(f"ilf {name}: error: {e}", file=sys.stderr)

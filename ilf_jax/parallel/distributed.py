@@ -26,8 +26,8 @@ ENV_PROCESS_ID = "ILF_PROCESS_ID"
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
     """Start the multi-controller runtime from arguments or ILF_* environment variables.
 
-    With nothing given: on TPU VMs JAX discovers the pod itself; elsewhere this is one process
-    and nothing is done. CPU clusters get gloo collectives.
+    With nothing given: on TPU VMs and under SLURM JAX discovers the cluster itself; elsewhere
+    this is one process and nothing is done. CPU clusters get gloo collectives.
     """
     coordinator = coordinator or os.environ.get(ENV_COORDINATOR)
     if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
@@ -35,7 +35,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if process_id is None and os.environ.get(ENV_PROCESS_ID):
         process_id = int(os.environ[ENV_PROCESS_ID])
     if coordinator is None:
-        if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+        cluster = ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "SLURM_JOB_ID")
+        if any(os.environ.get(k) for k in cluster) and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
             jax.distributed.initialize()
         return
     if num_processes is None or process_id is None:
