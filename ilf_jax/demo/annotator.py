@@ -21,8 +21,8 @@ import sys
 
 from ilf_jax.data.task import Task
 
-MAX_HUNKS = 6  # beyond this the program counts as too broken for a minimal edit
-MIN_SIMILARITY = 0.5  # token similarity to the reference below which the body is rewritten
+MAX_HUNKS = 3  # beyond this the program counts as too broken for a minimal edit
+MIN_SIMILARITY = 0.6  # similarity of non-space tokens to the reference below which the body is rewritten
 
 _TOKEN = re.compile(r"\s+|\w+|\*\*|//|[<>=!]=|'[^'\n]*'|\"[^\"\n]*\"|.")
 _END_OF_FUNCTION = re.compile(r"\n(?=[A-Za-z#\"])")
@@ -106,6 +106,8 @@ def run(src, every):
                 seen.append([call, expected, repr(got)[:200], bool(got == eval(expected, env)), False])
             except Exception as e:
                 seen.append([call, expected, type(e).__name__ + ": " + str(e)[:200], False, True])
+                if isinstance(e, TimeoutError):
+                    break
             if not (seen[-1][3] or every):
                 break
     except BaseException as e:
@@ -286,7 +288,8 @@ def annotate(task: Task, program: str, error: str = "", seed: int = 0) -> Annota
     ref = _reference_body(task)
     a, b = _TOKEN.findall(failing), _TOKEN.findall(ref)
     hunks = _hunks(a, b)
-    similarity = difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+    words = [[t for t in toks if not t.isspace()] for toks in (a, b)]
+    similarity = difflib.SequenceMatcher(None, *words, autojunk=False).ratio()
     rewrite = len(hunks) > MAX_HUNKS or similarity < MIN_SIMILARITY
     subsets = [] if rewrite else sorted(
         (s for r in range(1, len(hunks)) for s in itertools.combinations(hunks, r)),

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import itertools
 import random
+from collections.abc import Callable
 
 from ilf_jax.data.task import Task
 from ilf_jax.demo.bugs import applicable_bugs
@@ -101,22 +102,19 @@ def _tables(domain: str) -> tuple[dict, dict]:
 
 
 def _valid(t: Template) -> bool:
-    """Whether a template makes a sensible, non-trivial task."""
+    """Whether a template makes a sensible, non-trivial task (so it always has a map or a filter)."""
+    if t.map == "id" and t.filter == "none":
+        return False
     if t.reduce == "count":
-        return t.map == "id" and t.filter != "none"
+        return t.map == "id"
     if t.domain == "strs":
-        if t.reduce in ("max", "min"):
-            return False
-        if t.reduce == "sum":
-            return t.map == "len"
-        if t.reduce == "join":
-            return t.map != "len"
-        return t.map != "id" or t.filter != "none"
+        return {"sum": t.map == "len", "join": t.map != "len", "list": True}.get(t.reduce, False)
     if t.domain == "range":
-        return t.reduce in ("sum", "list") and t.map != "abs" and (t.map != "id" or t.filter != "none")
-    return t.reduce != "join" and (t.reduce != "list" or t.map != "id" or t.filter != "none")
+        return t.reduce in ("sum", "list") and t.map != "abs"
+    return t.reduce != "join"
 
 
+@functools.cache
 def all_templates() -> tuple[Template, ...]:
     """Every valid template, in a fixed order."""
     out = []
@@ -184,12 +182,18 @@ def reference_code(spec: Spec) -> str:
     return f"def {function_name(spec)}({_DOMAINS[spec.template.domain][0]}):\n{reference_body(spec)}"
 
 
-def _run(code: str, name: str, arg: object) -> object:
-    """Call our own generated function on one argument; exceptions come back as values."""
+@functools.lru_cache(maxsize=8192)
+def _compile(code: str, name: str) -> Callable:
+    """The function `name` defined by our own generated `code` (cached: instances repeat)."""
     env: dict = {}
     exec(code, env)  # noqa: S102 - generated here from the grammar above, never model output
+    return env[name]
+
+
+def _call(fn: Callable, arg: object) -> object:
+    """Call a generated function on a copy of one argument; an exception comes back as its type."""
     try:
-        return env[name](list(arg) if isinstance(arg, list) else arg)
+        return fn(list(arg) if isinstance(arg, list) else arg)
     except Exception as e:  # noqa: BLE001 - a crash is a distinguishable outcome
         return type(e)
 
@@ -235,32 +239,37 @@ def make_task(spec: Spec, task_id: int, rng: random.Random, python: bool = False
     or the filter) fail a test.
     """
     code, name = reference_code(spec), function_name(spec)
-    bug_codes = _mutants(spec)
+    fn, mutants = _compile(code, name), [_compile(m, name) for m in _mutants(spec)]
     for _ in range(50):
         args = [_draw_input(spec, rng) for _ in range(3)]
         if len({repr(a) for a in args}) < 3:
             continue
-        outs = [_run(code, name, a) for a in args]
+        outs = [_call(fn, a) for a in args]
         if any(isinstance(o, type) for o in outs) or len({repr(o) for o in outs}) < 2:
             continue
-        if all(any(_run(b, name, a) != o for a, o in zip(args, outs)) for b in bug_codes):
+        if all(any(_call(m, a) != o for a, o in zip(args, outs)) for m in mutants):
             tests = tuple(f"assert {name}({a!r}) == {o!r}" for a, o in zip(args, outs))
             return Task(task_id, task_text(spec, python), code, tests)
     return None
 
 
-def _random_template(rng: random.Random, templates: tuple[Template, ...]) -> Template:
+@functools.cache
+def _templates_of(domain: str) -> tuple[Template, ...]:
+    """The valid templates of one domain."""
+    return tuple(t for t in all_templates() if t.domain == domain)
+
+
+def _random_template(rng: random.Random) -> Template:
     """Draw a domain by weight, then a template of that domain uniformly."""
     domain = rng.choices(list(_DOMAIN_WEIGHTS), weights=list(_DOMAIN_WEIGHTS.values()))[0]
-    return rng.choice([t for t in templates if t.domain == domain])
+    return rng.choice(_templates_of(domain))
 
 
 def draw_task(rng: random.Random, task_id: int, exclude: set[str],
               templates: tuple[Template, ...] | None = None) -> tuple[Spec, Task]:
     """A random (spec, task) whose reference code is not in `exclude` (from `templates`, default all)."""
-    pool = all_templates()
     for _ in range(10_000):
-        template = rng.choice(templates) if templates else _random_template(rng, pool)
+        template = rng.choice(templates) if templates else _random_template(rng)
         spec = _draw_spec(template, rng)
         if reference_code(spec) in exclude:
             continue

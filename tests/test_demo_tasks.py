@@ -1,0 +1,103 @@
+"""The generated demo task family, its bug patterns and the pretraining corpus."""
+
+import importlib
+import random
+import re
+import sys
+import types
+
+import pytest
+
+from ilf_jax.demo import corpus, tasks
+from ilf_jax.demo.bugs import BUGS, applicable_bugs, buggy_code
+
+
+def expected_prompt(task):
+    """The documented task prompt (ILF_REFERENCE.md, "Prompt formats"), written out locally."""
+    call, expected = task.test_list[0].removeprefix("assert ").split(" == ", 1)
+    return f'"""\n{task.text}\n\n>>> Example: {call} = {expected}\n"""\n\n{task.code.split(chr(10), 1)[0]}\n'
+
+
+def passes(code, task):
+    """Whether `code` passes all of the task's asserts (our own generated programs only)."""
+    env = {}
+    try:
+        exec(code + "\n" + "\n".join(task.test_list), env)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return tasks.generate_tasks(0, n_refine=30, n_train=80, n_test=40)
+
+
+@pytest.fixture
+def formats(monkeypatch):
+    """`ilf_jax.data.formats`, or while it is not written yet a stand-in with the documented format."""
+    try:
+        return importlib.import_module("ilf_jax.data.formats")
+    except ImportError:
+        stand_in = types.ModuleType("ilf_jax.data.formats")
+        stand_in.task_prompt = expected_prompt
+        monkeypatch.setitem(sys.modules, "ilf_jax.data.formats", stand_in)
+        return stand_in
+
+
+def test_split_ids_and_shapes(splits):
+    ranges = tasks.split_ranges(30, 80, 40)
+    assert list(splits) == ["refine", "train", "test"]
+    for name, split in splits.items():
+        assert [t.task_id for t in split] == list(ranges[name])
+    assert ranges["test"].start == 11 and ranges["refine"].start == 51 and ranges["train"].stop == 161
+    for t in (t for s in splits.values() for t in s):
+        assert len(t.test_list) == 3 and all(a.startswith(f"assert {t.entry_point}(") for a in t.test_list)
+        assert "\r" not in t.code and t.code.count("\n") == 2 and t.text.startswith("Write a ")
+
+
+def test_references_pass_and_bugs_fail(splits):
+    rng = random.Random(0)
+    seen = set()
+    for t in (t for s in splits.values() for t in s):
+        assert passes(t.code, t), t
+        bugs = applicable_bugs(t.code)
+        seen.update(b.name for b in bugs)
+        if bugs:
+            assert not passes(buggy_code(t), t), t
+            partial = buggy_code(t, rng, 0.5)
+            assert partial == t.code or not passes(partial, t), t
+    assert seen == {b.name for b in BUGS}
+
+
+def test_test_tasks_are_new_instances_of_train_templates(splits):
+    seen = {t.code for t in splits["train"] + splits["refine"]}
+    assert all(t.code not in seen for t in splits["test"])
+    train_names = {t.entry_point for t in splits["train"]}  # one function name per template
+    assert all(t.entry_point in train_names for t in splits["test"])
+    assert len({t.code for s in splits.values() for t in s}) == 150
+
+
+def test_generation_is_seeded(splits):
+    assert tasks.generate_tasks(0, 30, 80, 40) == splits
+    assert tasks.generate_tasks(1, 30, 80, 40) != splits
+
+
+def test_corpus_documents_and_bug_rate(splits, formats):
+    held = [t for s in splits.values() for t in s]
+    docs = corpus.pretraining_corpus(3, n_docs=400, bug_rate=0.85, exclude=held)
+    assert docs == corpus.pretraining_corpus(3, n_docs=400, bug_rate=0.85, exclude=held)
+    shape = re.compile(r'"""\n(Write a .+\.)\n\n>>> Example: (\w+)\(.+\) = .+\n"""\n\ndef (\w+)\(\w+\):\n    return .+\n')
+    held_texts = {t.text.replace(" python", "") for t in held}
+    for doc in docs:
+        m = shape.fullmatch(doc)
+        assert m and m.group(2) == m.group(3), doc
+        assert m.group(1).replace(" python", "") not in held_texts
+    ranged = [d for d in docs if "from 1 to n" in d]
+    buggy = sum("range(1, n)" in d for d in ranged) / len(ranged)
+    assert 0.7 < buggy < 0.97 and len(ranged) > 40
+
+
+def test_corpus_document_is_prompt_plus_body(splits, formats):
+    t = splits["train"][0]
+    assert corpus.document(t, t.code) == expected_prompt(t) + t.code.split("\n", 1)[1]
