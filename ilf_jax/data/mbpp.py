@@ -69,7 +69,7 @@ def load_mbpp(path: str | Path) -> dict[int, Task]:
         except json.JSONDecodeError as e:
             raise IlfError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))

@@ -8,6 +8,7 @@ returned, and a dedicated exit status. Any byte the program adds to the channel 
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import linecache
 import operator
@@ -21,7 +22,6 @@ from typing import Any, NoReturn
 
 RC_PASS = 87
 RC_REPORTED = 86
-NOBODY = 65534
 _OPS = {
     ast.Eq: ("==", operator.eq), ast.NotEq: ("!=", operator.ne), ast.Lt: ("<", operator.lt),
     ast.LtE: ("<=", operator.le), ast.Gt: (">", operator.gt), ast.GtE: (">=", operator.ge),
@@ -82,11 +82,13 @@ def compile_test(source: str) -> Any:
 
 
 def describe(exc: BaseException, frames: int, limit: int) -> str:
-    """Exception type and message plus the last `frames` frames of its traceback, truncated."""
+    """Exception type and message plus the last `frames` frames of the program/test code, truncated."""
     try:
-        summary = traceback.extract_tb(exc.__traceback__)[-frames:]
+        if isinstance(exc, SyntaxError):
+            return _short("".join(traceback.format_exception_only(exc)).rstrip(), limit)
+        summary = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
         lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}' + (f"\n    {_short(f.line, 200)}" if f.line else "")
-                 for f in summary]
+                 for f in summary[-frames:]] if frames else []
         try:
             message = _short(str(exc), limit // 2)
         except BaseException:  # noqa: BLE001 - a hostile __str__
@@ -107,8 +109,8 @@ def _kind(exc: BaseException) -> str:
     return "error"
 
 
-def set_limits(limits: dict[str, int], drop_to_nobody: bool) -> None:
-    """Own session, resource limits, unprivileged user where we can, death with the worker."""
+def set_limits(limits: dict[str, int], uid: int | None) -> None:
+    """Own session, resource limits, an unprivileged uid of its own (when we are root), death with the worker."""
     os.setsid()
     mb = 1024 * 1024
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -116,10 +118,10 @@ def set_limits(limits: dict[str, int], drop_to_nobody: bool) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_kb"] * 1024,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
-    if drop_to_nobody:
+    if uid is not None:
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(uid)
+        os.setuid(uid)
     resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
     import ctypes
 
@@ -131,6 +133,18 @@ def run_child(wire: dict[str, Any], nonce_fd: int, report_fd: int, cfg: dict[str
     """Run program then tests in one namespace and write one report; never returns."""
     write, read, exit_, settrace, setprofile = os.write, os.read, os._exit, sys.settrace, sys.setprofile
     modules = sys.modules
+    builtins_dict = vars(builtins)
+    saved_builtins = dict(builtins_dict)
+    clear, update = builtins_dict.clear, builtins_dict.update
+
+    def restore() -> None:  # undo what the program did to builtins, the tracer and pytest.approx
+        clear()
+        update(saved_builtins)
+        settrace(None)
+        setprofile(None)
+        if pytest_mod is not None:
+            modules["pytest"] = pytest_mod
+            pytest_mod.approx = approx
     pytest_mod = modules.get("pytest")
     approx = getattr(pytest_mod, "approx", None)
     dumps = json.dumps
@@ -162,11 +176,8 @@ def run_child(wire: dict[str, Any], nonce_fd: int, report_fd: int, cfg: dict[str
     try:
         exec(code, namespace)
         stage = "tests"
-        settrace(None)
-        setprofile(None)
-        if pytest_mod is not None:
-            modules["pytest"] = pytest_mod
-            pytest_mod.approx = approx
+        restore()
+        namespace["__builtins__"] = builtins_dict
         namespace["__ilf_check"] = make_check(entry_point)
         exec(test_code, namespace)
     except MemoryError:
@@ -174,12 +185,13 @@ def run_child(wire: dict[str, Any], nonce_fd: int, report_fd: int, cfg: dict[str
         write(report_fd, _MEMORY_REPORT)
         exit_(RC_REPORTED)
     except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt... are failures too
+        restore()
         text = describe(e, frames, limit)
         kind = _kind(e)
         if kind == "error" and stage == "program":
             text = "while running the program (before the tests): " + text
         report(kind, text)
-    settrace(None)
+    restore()
     nonce = read(nonce_fd, 64).decode("ascii", "replace")
     try:
         write(report_fd, dumps({"kind": "passed", "error": "", "nonce": nonce}).encode())

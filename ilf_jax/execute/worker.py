@@ -194,11 +194,11 @@ def run_job(wire: dict[str, Any], cfg: dict[str, Any], devnull: int) -> dict[str
     """Fork a limited child for one job and return its verdict record."""
     isolated, drop = cfg["isolated"], cfg["drop_privileges"]
     jobdir = tempfile.mkdtemp(dir=cfg["root"])
-    os.chmod(jobdir, 0o711)
     work = os.path.join(jobdir, "w")
     os.mkdir(work, 0o700)
     if drop:
-        os.chown(work, sandbox.NOBODY, sandbox.NOBODY)
+        os.chown(jobdir, cfg["uid"], cfg["uid"])
+        os.chown(work, cfg["uid"], cfg["uid"])
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     out_fd = os.open(os.path.join(jobdir, "stdout"), flags, 0o600)
     err_fd = os.open(os.path.join(jobdir, "stderr"), flags, 0o600)
@@ -220,7 +220,7 @@ def run_job(wire: dict[str, Any], cfg: dict[str, Any], devnull: int) -> dict[str
             os.closerange(keep[1] + 1, 1 << 16)
             os.chdir(work)
             os.environ.update(HOME=work, TMPDIR=work, TMP=work, TEMP=work)
-            sandbox.set_limits(cfg["limits"], drop)
+            sandbox.set_limits(cfg["limits"], cfg["uid"] if drop else None)
             import faulthandler
 
             faulthandler.enable()
@@ -268,6 +268,7 @@ def main() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: children cannot ptrace their worker
     cfg["isolated"] = os.getpid() == 1
+    cfg["uid"] = secrets.randbelow(1 << 20) + (1 << 20)  # a uid of its own: no other process shares it
     if not cfg["isolated"]:
         libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren come back to us
     if cfg["drop_privileges"] or cfg["isolated"]:

@@ -1,0 +1,147 @@
+"""ILF human annotations (the Surge JSONL, or the same columns as CSV), strictly validated.
+
+21 annotated tasks lie in MBPP_Test (ids 11-110). `load_annotations` leaves them out unless the
+caller opts in with `include_test=True`, and says how many it left out, so that nobody trains on
+the evaluation tasks by accident.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Collection
+
+from ilf_jax.data.splits import SPLITS, split_of
+from ilf_jax.errors import IlfError
+
+REQUIRED = ("task_id", "prompt", "test", "Feedback", "unedited_annotator_completion", "original_model_completion")
+OPTIONAL = ("completion", "result", "passed", "refinement_edit_distance", "worker_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """One (original program, feedback, refinement) triple; programs are full (prompt + body)."""
+
+    task_id: int
+    prompt: str
+    test: str
+    entry_point: str
+    feedback: str
+    refinement: str
+    original: str
+    worker_id: str | None = None
+    refinement_edit_distance: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationSet:
+    """Loaded annotations plus the task ids left out because they are in MBPP_Test."""
+
+    rows: tuple[Annotation, ...]
+    excluded_test_ids: tuple[int, ...] = ()
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Raw rows of a JSONL or CSV file (by extension), with IlfErrors naming the line."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise IlfError(f"{path}: cannot read: {e.strerror}") from None
+    if path.suffix.lower() == ".csv":
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise IlfError(f"{path}: invalid CSV: {e}") from None
+        return [{k: (None if v == "" and k in OPTIONAL else v) for k, v in r.items()} for r in rows]
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise IlfError(f"{path}: row {n}: invalid JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise IlfError(f"{path}: row {n}: expected a JSON object")
+            rows.append(rec)
+    return rows
+
+
+def _row(rec: dict[str, Any], where: str, csv_like: bool) -> Annotation:
+    """Validate one raw row and build its Annotation."""
+    unknown = sorted(set(rec) - set(REQUIRED) - set(OPTIONAL), key=str)
+    if unknown:
+        raise IlfError(f"{where}: unknown field {unknown[0]!r}")
+    for field in REQUIRED:
+        if rec.get(field) is None:
+            raise IlfError(f"{where}: missing field {field!r}")
+    task_id = rec["task_id"]
+    if csv_like and isinstance(task_id, str) and task_id.strip().isdigit():
+        task_id = int(task_id)
+    if not isinstance(task_id, int) or isinstance(task_id, bool) or not 1 <= task_id <= 974:
+        raise IlfError(f"{where}: field 'task_id' must be an MBPP id 1..974, got {rec['task_id']!r}")
+    for field in REQUIRED[1:]:
+        if not isinstance(rec[field], str):
+            raise IlfError(f"{where}: field {field!r} must be a string, got {type(rec[field]).__name__}")
+        if not rec[field].strip():
+            raise IlfError(f"{where}: field {field!r} is empty")
+    worker = rec.get("worker_id")
+    if worker is not None and not isinstance(worker, str):
+        raise IlfError(f"{where}: field 'worker_id' must be a string or null")
+    distance = rec.get("refinement_edit_distance")
+    try:
+        distance = None if distance is None else float(distance)
+    except (TypeError, ValueError):
+        raise IlfError(f"{where}: field 'refinement_edit_distance' must be a number, got {distance!r}") from None
+    names = re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", rec["prompt"], flags=re.M)
+    if not names:
+        raise IlfError(f"{where}: field 'prompt' has no `def name(...)` line")
+    return Annotation(task_id=task_id, prompt=rec["prompt"], test=rec["test"], entry_point=names[-1],
+                      feedback=rec["Feedback"], refinement=rec["unedited_annotator_completion"],
+                      original=rec["original_model_completion"], worker_id=worker,
+                      refinement_edit_distance=distance)
+
+
+def load_annotations(path: str | Path, *, include_test: bool = False,
+                     allowed_splits: Collection[str] | None = None) -> AnnotationSet:
+    """Load and validate an annotation file; rows in MBPP_Test are left out (and counted) unless include_test."""
+    path = Path(path)
+    if allowed_splits is not None and not set(allowed_splits) <= set(SPLITS):
+        raise ValueError(f"unknown split in {sorted(allowed_splits)}; known: {sorted(SPLITS)}")
+    allowed = set(SPLITS) if allowed_splits is None else set(allowed_splits)
+    if not include_test:
+        allowed.discard("test")
+    rows, excluded, seen = [], [], {}
+    for n, rec in enumerate(_read_rows(path), 1):
+        ann = _row(rec, f"{path}: row {n}", path.suffix.lower() == ".csv")
+        if ann.task_id in seen:
+            raise IlfError(f"{path}: row {n}: task_id {ann.task_id} already annotated in row {seen[ann.task_id]}")
+        seen[ann.task_id] = n
+        split = split_of(ann.task_id)
+        if split == "test" and not include_test:
+            excluded.append(ann.task_id)
+        elif split in allowed:
+            rows.append(ann)
+    return AnnotationSet(tuple(rows), tuple(excluded))
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Character edit distance (insert, delete, substitute; each costs 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def keep_annotation(refinement: str, original: str, refinement_passed: bool) -> bool:
+    """The paper's filter: the refinement passes and is a small edit (< half the longer program)."""
+    return refinement_passed and levenshtein(refinement, original) < 0.5 * max(len(refinement), len(original))

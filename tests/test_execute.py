@@ -1,0 +1,120 @@
+"""Executor on real data (MBPP gold, ILF annotations), its API, determinism and the `ilf exec` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ilf_jax.data.annotations import load_annotations
+from ilf_jax.data.mbpp import load_mbpp
+from ilf_jax.execute import Executor, Job, job_for_task
+from ilf_jax.execute.worker import _descendants
+
+RIGHT = "def f(x):\n    return x + 1\n"
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with Executor(workers=2, timeout=10.0) as ex:  # generous: the 2 shared cores also run other suites
+        yield ex
+
+
+def test_all_mbpp_gold_pass(executor, shared_data):
+    tasks = load_mbpp(shared_data / "mbpp" / "mbpp.jsonl")
+    results = executor.run(job_for_task(t) for t in tasks.values())
+    assert len(results) == 974
+    assert [r.id for r in results] == [str(i) for i in tasks]
+    assert [r for r in results if not r.passed] == []
+
+
+def test_annotation_refinements_pass_and_originals_fail(executor, shared_data):
+    anns = load_annotations(shared_data / "ilf" / "surge_annotations.jsonl", include_test=True).rows
+    jobs = [Job(f"r{a.task_id}", a.refinement, test=a.test, entry_point=a.entry_point) for a in anns]
+    jobs += [Job(f"o{a.task_id}", a.original, test=a.test, entry_point=a.entry_point) for a in anns]
+    results = executor.run(jobs)
+    refined, original = results[: len(anns)], results[len(anns):]
+    assert len(anns) == 195
+    assert [r.id for r in refined if not r.passed] == []
+    assert [r.id for r in original if r.passed] == []
+    kinds = {v: sum(r.verdict == v for r in original) for v in ("failed", "error", "syntax_error")}
+    assert kinds == {"failed": 173, "error": 21, "syntax_error": 1}
+    assert all(r.error for r in original)
+
+
+def test_failed_assert_names_call_expected_actual(executor):
+    r = executor.run([Job("x", "def add_one(x):\n    return x\n",
+                          test="def check(candidate):\n\tassert candidate(1) == 2, 'msg'\n", entry_point="add_one")])[0]
+    assert r.verdict == "failed" and not r.passed
+    assert "add_one(1) == 2\n  expected: 2\n  actual:   1" in r.error
+
+
+def test_imap_streams_every_job_once(executor):
+    jobs = [Job(str(i), RIGHT if i % 2 else "def f(x):\n    return x\n", test_list=("assert f(1) == 2",))
+            for i in range(20)]
+    got = list(executor.imap(jobs))
+    assert sorted(int(r.id) for r in got) == list(range(20))
+    assert {r.id for r in got if r.passed} == {str(i) for i in range(1, 20, 2)}
+
+
+def test_deterministic_across_runs_and_worker_counts():
+    prog = "import random\ndef f(x):\n    return (hash('abc'), hash(frozenset({'a', 'b', 'c'})), random.random())\n"
+    jobs = [Job(str(i), prog, test_list=("assert f(1) == None",)) for i in range(6)]
+    errors = set()
+    for workers in (1, 3):
+        with Executor(workers=workers, timeout=5) as ex:
+            errors |= {r.error for r in ex.run(jobs)}
+    assert len(errors) == 1 and "actual:" in errors.pop()
+
+
+def test_dead_worker_is_replaced_and_nothing_is_left():
+    before = set(_descendants(os.getpid()))  # the module's executor
+    with Executor(workers=1, timeout=5) as ex:
+        root = ex._root
+        ex._slots[0].proc.kill()  # the worker dies between jobs: the job still gets its verdict
+        assert ex.run([Job("a", RIGHT, test_list=("assert f(1) == 2",))])[0].verdict == "passed"
+    assert not os.path.exists(root)
+    assert set(_descendants(os.getpid())) <= before
+
+
+def test_job_needs_tests():
+    with pytest.raises(ValueError):
+        Job("x", "pass")
+    with pytest.raises(ValueError):
+        Job("x", "pass", test="def check(c): pass")
+
+
+def _ilf(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ilf_jax.cli", "exec", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_writes_results_and_resumes(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    recs = [{"id": "a", "program": RIGHT, "test_list": ["assert f(1) == 2"]},
+            {"id": "b", "program": "def f(x):\n    return x\n", "test": "def check(candidate):\n\tassert candidate(1) == 2",
+             "entry_point": "f"},
+            {"id": "c", "program": "import sys\nsys.exit(0)\n", "test_list": ["assert f(1) == 2"],
+             "test_setup_code": "import math"}]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out.write_text(json.dumps({"id": "a", "verdict": "passed", "passed": True, "error": "", "duration_s": 0.0}) + "\n")
+    proc = _ilf(str(inp), "-o", str(out), "--timeout", "2", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows][0] == "a" and sorted(r["id"] for r in rows) == ["a", "b", "c"]
+    by_id = {r["id"]: r for r in rows}
+    assert (by_id["b"]["verdict"], by_id["c"]["verdict"]) == ("failed", "error")
+    assert set(by_id["b"]) == {"id", "verdict", "passed", "error", "duration_s"}
+    assert _ilf(str(inp), "-o", str(out)).returncode == 0
+    assert len(out.read_text().splitlines()) == 3  # nothing rerun
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "program": "x"}) + "\n")
+    proc = _ilf(str(inp), "-o", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "line 1" in proc.stderr and "test" in proc.stderr
