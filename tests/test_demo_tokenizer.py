@@ -32,7 +32,7 @@ def test_special_token_and_sizes(tok):
 def test_round_trip_and_compact_indentation(tok, docs):
     for d in docs + [d + EOS for d in docs[:5]]:
         assert tok.decode(tok(d)["input_ids"]) == d
-    assert len(tok("\n    return")["input_ids"]) <= 2
+    assert len(tok("\n    return")["input_ids"]) <= 3
     assert max(len(tok(d)["input_ids"]) for d in docs) < 160
 
 
@@ -46,3 +46,14 @@ def test_save_and_load_with_auto_tokenizer(tok, docs, tmp_path):
     assert load_tokenizer(tmp_path).get_vocab() == loaded.get_vocab() == tok.get_vocab()
     assert loaded.eos_token == EOS and loaded.pad_token_id == EOS_ID
     assert [loaded(d)["input_ids"] for d in docs[:20]] == [tok(d)["input_ids"] for d in docs[:20]]
+
+
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion(tok):
+    """The task prompt ends in a newline: no BPE merge may cross into the completion."""
+    from ilf_jax.data.formats import task_prompt
+    from ilf_jax.demo.corpus import body
+    from ilf_jax.demo.tasks import generate_tasks
+
+    for task in generate_tasks(0, n_refine=10, n_train=10, n_test=10)["test"]:
+        prompt = tok(task_prompt(task))["input_ids"]
+        assert tok(task_prompt(task) + body(task.code))["input_ids"][: len(prompt)] == prompt

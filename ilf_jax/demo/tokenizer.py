@@ -17,11 +17,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE,
                     model_max_length: int = 1024) -> PreTrainedTokenizerFast:
     """Train a GPT-2-style byte-level BPE (lossless, indentation merged into few tokens) on `texts`.
 
+    Newlines are always tokens of their own, so a prompt ending in a newline (the paper's task
+    prompt does) tokenizes as a prefix of prompt + completion: no merge crosses that boundary.
+
     Training is deterministic for the same texts in the same order, so a seeded corpus gives a
     seeded tokenizer.
     """
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
