@@ -66,7 +66,7 @@ class TrainConfig:
             fail(f"max_target_length={self.max_target_length} must be below max_length={self.max_length}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
             fail("learning_rate must be positive, weight_decay and max_grad_norm non-negative")
-        if self.warmup_steps < 0 or (0 < self.warmup_steps < 1 and self.schedule == "constant" and False):
+        if self.warmup_steps < 0:
             fail(f"warmup_steps={self.warmup_steps} must be non-negative")
         if self.save_every < 0:
             fail(f"save_every={self.save_every} must be non-negative")
@@ -107,6 +107,11 @@ class TrainConfig:
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise IlfError(f"train config: {key}={value!r} must be an integer")
             elif isinstance(default, (int, float)):
+                if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        pass
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise IlfError(f"train config: {key}={value!r} must be a number")
                 value = float(value) if key != "warmup_steps" or not float(value).is_integer() else value

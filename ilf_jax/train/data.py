@@ -1,0 +1,197 @@
+"""Examples -> token sequences -> fixed-shape training batches, deterministically from a seed.
+
+An `Example` is a (prompt, target) pair whose prompt may hold a part that is cut first when the
+sequence is too long: the model input is `prefix + truncatable + prompt`, then `target + EOS`.
+For pi_Refine that is `prefix="OLD CODE:\\n"`, `truncatable=<old program>`,
+`prompt="\\n\\nFEEDBACK:\\n...\\n\\nREFINEMENT:\\n"`; for pi_theta it is just the task prompt.
+
+Truncation (the reference script's rule, made consistent): the target plus EOS is capped at
+`max_target_length` tokens (a cut target loses its EOS, since it did not end there); then, only
+on the prompt side, the truncatable part loses tokens from its end (its start is kept, as the
+reference keeps the start of the old code); if the prompt still does not fit, the remaining
+prompt keeps its last tokens, the ones next to the target. The parts are tokenized separately,
+as the reference does, and the loss covers only the target tokens.
+
+Batches: each optimizer step takes `batch_size` examples of a per-epoch permutation drawn from
+(seed, epoch); with `group_by_length`, examples are sorted by (noisy) length inside windows of
+16 steps and the steps of the epoch are shuffled, so padding stays short. The padded length of a step
+is its longest sequence rounded up to `length_multiple` (few distinct shapes, few compiles).
+A step with fewer examples (the last of an epoch) is filled with rows that carry no loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ilf_jax.errors import IlfError
+
+GROUP_WINDOW = 16  # steps per length-sorting window
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """A training pair: input text `prefix + truncatable + prompt`, loss on `target` (+ EOS)."""
+
+    prompt: str
+    target: str
+    truncatable: str = ""  # cut first (from its end) when the sequence is too long
+    prefix: str = ""  # kept before the truncatable part (e.g. "OLD CODE:\n")
+
+    @property
+    def input_text(self) -> str:
+        return self.prefix + self.truncatable + self.prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """Token ids of prompt + target, and where the target starts."""
+
+    tokens: np.ndarray  # int32 [L]
+    n_prompt: int  # tokens[n_prompt:] are the target (incl. EOS when it fits)
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    out = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [list(x) for x in out]
+
+
+def eos_id(tokenizer: Any) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise IlfError("tokenizer has no EOS token")
+    return int(eos)
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[Example], max_length: int, max_target_length: int) -> list[Encoded]:
+    """Tokenize and truncate (see the module docstring); every result has at least one target token."""
+    eos = eos_id(tokenizer)
+    prefixes = _ids(tokenizer, [e.prefix for e in examples])
+    middles = _ids(tokenizer, [e.truncatable for e in examples])
+    prompts = _ids(tokenizer, [e.prompt for e in examples])
+    targets = _ids(tokenizer, [e.target for e in examples])
+    out = []
+    for p, c, q, y in zip(prefixes, middles, prompts, targets):
+        y = (y + [eos])[:max_target_length]
+        budget = max_length - len(y)
+        over = len(p) + len(c) + len(q) - budget
+        if over > 0:
+            cut = min(over, len(c))
+            c = c[: len(c) - cut]
+            over -= cut
+        head = p + c + q
+        if over > 0:
+            head = head[over:]
+        out.append(Encoded(np.asarray(head + y, np.int32), len(head)))
+    return out
+
+
+def fingerprint(encoded: Sequence[Encoded]) -> str:
+    """A hash of the token data, stored in checkpoints so a resume refuses different data."""
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(np.int64(e.n_prompt).tobytes())
+        h.update(e.tokens.tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_examples / batch_size))
+
+
+def epoch_steps(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:
+    """The example indices of every step of `epoch`: a pure function of (data lengths, seed, epoch)."""
+    n = len(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    lengths = np.asarray(lengths)
+    window = batch_size * GROUP_WINDOW
+    steps = []
+    for start in range(0, n, window):
+        chunk = order[start : start + window]
+        # A noisy sort (+-15% on the length): similar lengths share a step, yet small data sets
+        # do not get the very same step compositions every epoch.
+        key = lengths[chunk] * rng.uniform(0.85, 1.15, size=len(chunk))
+        chunk = chunk[np.argsort(-key, kind="stable")]
+        steps.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    # Shuffle the steps, keeping the short one (if any) last so that every epoch's steps align.
+    full = [s for s in steps if len(s) == batch_size]
+    short = [s for s in steps if len(s) != batch_size]
+    return [full[i] for i in rng.permutation(len(full))] + short
+
+
+def padded_length(longest: int, multiple: int, cap: int) -> int:
+    """`longest` rounded up to `multiple`, never above the multiple-rounded `cap`."""
+    up = lambda x: -(-x // multiple) * multiple  # noqa: E731
+    return min(up(max(longest, 1)), up(cap))
+
+
+def make_batch(encoded: Sequence[Encoded], indices: Iterable[int], rows: int, length: int) -> dict[str, np.ndarray]:
+    """Right-padded arrays [rows, length]: tokens, targets (next token), weights (1 on target
+    predictions), valid (real tokens). Sequences are fed without their last token."""
+    tokens = np.zeros((rows, length), np.int32)
+    targets = np.zeros((rows, length), np.int32)
+    weights = np.zeros((rows, length), np.float32)
+    valid = np.zeros((rows, length), bool)
+    for r, i in enumerate(indices):
+        e = encoded[i]
+        n = min(e.length - 1, length)
+        tokens[r, :n] = e.tokens[:n]
+        targets[r, :n] = e.tokens[1 : n + 1]
+        valid[r, :n] = True
+        weights[r, max(e.n_prompt - 1, 0) : n] = 1.0
+    return {"tokens": tokens, "targets": targets, "weights": weights, "valid": valid}
+
+
+def step_batch(
+    encoded: Sequence[Encoded], indices: np.ndarray, batch_size: int, accum: int, length_multiple: int, max_length: int
+) -> dict[str, np.ndarray]:
+    """One optimizer step's batch, shaped [accum, batch_size // accum, T]."""
+    longest = max(encoded[i].length - 1 for i in indices)
+    t = padded_length(longest, length_multiple, max_length)
+    flat = make_batch(encoded, indices, batch_size, t)
+    return {k: v.reshape(accum, batch_size // accum, t) for k, v in flat.items()}
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[Example]:
+    """Examples from a JSONL file of {"prompt", "completion"[, "truncatable", "prefix"]} records."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise IlfError(f"{path}: data file not found")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise IlfError(f"{path}:{lineno}: invalid JSON: {e}") from None
+            if not isinstance(rec, dict):
+                raise IlfError(f"{path}:{lineno}: expected a JSON object")
+            for key in ("prompt", "completion"):
+                if not isinstance(rec.get(key), str):
+                    raise IlfError(f"{path}:{lineno}: field {key!r} missing or not a string")
+            extra = {k: rec.get(k, "") for k in ("truncatable", "prefix")}
+            for k, v in extra.items():
+                if not isinstance(v, str):
+                    raise IlfError(f"{path}:{lineno}: field {k!r} is not a string")
+            out.append(Example(rec["prompt"], rec["completion"], **extra))
+    if not out:
+        raise IlfError(f"{path}: no records")
+    return out

@@ -1,0 +1,56 @@
+"""The train state (step, params, opt_state) and its shardings on a mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from ilf_jax.model.codegen import abstract_params
+from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.parallel.sharding import param_shardings, replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step updates; the optimizer itself (pure functions) is kept outside."""
+
+    step: jax.Array  # int32 scalar: optimizer steps done
+    params: Any
+    opt_state: Any
+
+
+def state_shardings(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """NamedShardings for every leaf: params by the rule table, Adam moments like their params,
+    scalars (step, counts) replicated."""
+    pshard = param_shardings(config, mesh)
+    shapes = abstract_params(config)
+    opt_shapes = jax.eval_shape(tx.init, shapes)
+    rep = replicated(mesh)
+    opt_shard = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        opt_shapes,
+        pshard,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
+    return TrainState(step=rep, params=pshard, opt_state=opt_shard)
+
+
+def abstract_state(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """ShapeDtypeStructs carrying shardings: the restore target for a checkpoint on `mesh`."""
+    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), abstract_params(config))
+    shard = state_shardings(config, tx, mesh)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard)
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """A fresh state (step 0, zero moments) laid out in `shardings`; params are placed first."""
+    params = jax.device_put(params, shardings.params)
+    make = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), out_shardings=shardings)
+    return make(params)

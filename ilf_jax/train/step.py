@@ -1,0 +1,127 @@
+"""Masked causal-LM loss, the jitted sharded train step (lax.scan gradient accumulation) and eval.
+
+A batch is a dict of [accum, rows, T] arrays (see `data.make_batch`): `tokens`, `targets`
+(next tokens), `weights` (1 where the target is a target-side token), `valid`. The loss of a
+step is the mean NLL over all weighted tokens of the whole effective batch: each micro-batch
+adds its summed NLL, its token count and the gradient of the sum, and the step divides once,
+so accumulating micro-batches equals one big batch exactly (up to summation order).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ilf_jax.model.codegen import forward
+from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
+from ilf_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> jax.Array:
+    """NLL of every target [B, T] (fp32), unweighted."""
+    kwargs = {} if constrain is None else {"constrain": constrain}
+    logits, _ = forward(params, batch["tokens"], config, valid=batch["valid"], **kwargs)
+    # logsumexp - logit[target]. The target logit is picked with a one-hot product rather than a
+    # gather: with the vocabulary sharded over 'tensor' it reduces locally (no all-gather of the
+    # logits), and its backward is elementwise instead of a scatter.
+    onehot = jax.nn.one_hot(batch["targets"], logits.shape[-1], dtype=logits.dtype)
+    picked = jnp.sum(logits * onehot, axis=-1)
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
+    """(summed NLL over weighted tokens, number of weighted tokens) of one [B, T] batch."""
+    w = batch["weights"].astype(jnp.float32)
+    return jnp.sum(token_nll(params, batch, config, constrain) * w), jnp.sum(w)
+
+
+def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
+    """[accum, rows, T] arrays: rows over the batch axes ('data', 'fsdp'), the rest replicated."""
+    spec = batch_sharding(mesh, 2).spec
+    sharding = NamedSharding(mesh, PartitionSpec(None, *spec))
+    return {k: sharding for k in ("tokens", "targets", "weights", "valid")}
+
+
+def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain=None, grad_shardings=None):
+    """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count)."""
+
+    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(p, mb, config, constrain), has_aux=True)
+
+    def micro(carry, mb):
+        gsum, lsum, count = carry
+        (l, c), g = grad_fn(params, mb)
+        gsum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), gsum, g)
+        if grad_shardings is not None:
+            gsum = jax.lax.with_sharding_constraint(gsum, grad_shardings)
+        return (gsum, lsum + l, count + c), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if grad_shardings is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (gsum, lsum, count), _ = jax.lax.scan(micro, init, batch)
+    return gsum, lsum, count
+
+
+def make_train_step(
+    config: CodeGenConfig,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    shardings: TrainState,
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    *,
+    return_grads: bool = False,
+    donate: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
+
+    Metrics: loss (mean target NLL), grad_norm (before clipping), lr (of this step), tokens
+    (weighted target tokens), and with `return_grads` the averaged gradients (for tests).
+    """
+    constrain = constrainer(mesh)
+
+    def step(state: TrainState, batch: Batch):
+        gsum, lsum, count = accumulate_grads(state.params, batch, config, constrain, shardings.params)
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, gsum)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": lsum / denom,
+            "grad_norm": optax.tree.norm(grads),
+            "tokens": count,
+            "lr": schedule(state.step) if schedule is not None else jnp.zeros(()),
+        }
+        if return_grads:
+            metrics["grads"] = grads
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    rep = replicated(mesh)
+    metric_shardings = {"loss": rep, "grad_norm": rep, "tokens": rep, "lr": rep}
+    if return_grads:
+        metric_shardings["grads"] = shardings.params
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_shardings(mesh)),
+        out_shardings=(shardings, metric_shardings),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def make_eval_step(config: CodeGenConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+    """`eval(params, batch[B, T]) -> (summed NLL per row, target tokens per row)`, jitted."""
+    constrain = None if mesh is None else constrainer(mesh)
+
+    def run(params, batch):
+        w = batch["weights"].astype(jnp.float32)
+        nll = token_nll(params, batch, config, constrain)
+        return jnp.sum(nll * w, axis=-1), jnp.sum(w, axis=-1)
+
+    return jax.jit(run)
