@@ -68,7 +68,10 @@ class Attention(nn.Module):
             (cfg.n_head, cfg.head_dim, cfg.n_embd),
             pdtype,
         )
-        qkv = jnp.einsum("bte,ephd->btphd", x.astype(dtype), qkv_w.astype(dtype))
+        b, t, e = x.shape
+        # Plain 2-D matmuls and [B, H, T, D] attention layouts: XLA maps these straight onto GEMMs.
+        qkv = x.astype(dtype).reshape(b * t, e) @ qkv_w.astype(dtype).reshape(e, -1)
+        qkv = qkv.reshape(b, t, 3, cfg.n_head, cfg.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = apply_rotary(q, sin, cos, cfg.rotary_dim)
         k = apply_rotary(k, sin, cos, cfg.rotary_dim)
@@ -78,12 +81,13 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
         # Scores and softmax in fp32, as the reference does, whatever the compute dtype.
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
-        scores = jnp.where(mask[:, None], scores / math.sqrt(cfg.head_dim), _NEG)
+        scores = jnp.matmul(q.astype(jnp.float32), k.astype(jnp.float32).transpose(0, 1, 3, 2))
+        scores = jnp.where(mask[:, None], scores * (1.0 / math.sqrt(cfg.head_dim)), _NEG)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(dtype))
-        return jnp.einsum("bqhd,hde->bqe", attn, out_w.astype(dtype)), new_cache
+        attn = jnp.matmul(probs, v.astype(dtype)).transpose(0, 2, 1, 3).reshape(b * t, -1)
+        return (attn @ out_w.astype(dtype).reshape(-1, e)).reshape(b, t, e), new_cache
 
 
 class MLP(nn.Module):
