@@ -1,0 +1,118 @@
+"""Per-device memory of a model on a mesh, computed from `jax.eval_shape` (nothing is allocated).
+
+Parameters and optimizer state are split by the same rule table the real run uses; activations
+are the residuals that `jax.vjp` keeps for the backward pass of one micro-batch on one replica;
+the KV cache is the sampler's, batch over ('data', 'fsdp') and heads over 'tensor'. It runs on
+any machine: the mesh is abstract, so a pod can be planned before it is rented.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import AbstractMesh, PartitionSpec
+
+from ilf_jax.model.codegen import abstract_params, init_cache, param_specs
+from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.parallel.mesh import AXES
+from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, logical_spec
+
+
+def abstract_mesh(shape: Sequence[int]) -> AbstractMesh:
+    """A device-free mesh with axes ('data', 'fsdp', 'tensor') of the given sizes."""
+    return AbstractMesh(tuple(int(s) for s in shape), AXES)
+
+
+def shard_bytes(shape: Sequence[int], dtype: Any, spec: PartitionSpec, mesh: AbstractMesh) -> int:
+    """Bytes one device holds of an array of `shape` split by `spec` (uneven splits round up)."""
+    dims = list(shape)
+    for i, axes in enumerate(tuple(spec) + (None,) * (len(dims) - len(spec))):
+        if axes is not None:
+            axes = (axes,) if isinstance(axes, str) else axes
+            dims[i] = -(-dims[i] // math.prod(mesh.shape[a] for a in axes))
+    return math.prod(dims) * jnp.dtype(dtype).itemsize
+
+
+def _param_spec_tree(config: CodeGenConfig, mesh: AbstractMesh, rules: Rules) -> Any:
+    return jax.tree.map(
+        lambda names, s: logical_spec(tuple(names), s.shape, mesh, rules),
+        param_specs(config),
+        abstract_params(config),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def param_bytes(config: CodeGenConfig, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+    """Per-device bytes of the parameters."""
+    specs, shapes = _param_spec_tree(config, mesh, rules), abstract_params(config)
+    leaves = jax.tree.leaves(jax.tree.map(lambda s, sp: shard_bytes(s.shape, s.dtype, sp, mesh), shapes, specs, is_leaf=lambda x: isinstance(x, PartitionSpec)))
+    return sum(leaves)
+
+
+def optimizer_bytes(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+    """Per-device bytes of the optimizer state (moments split like their parameters)."""
+    shapes = jax.eval_shape(tx.init, abstract_params(config))
+    specs = optax.tree_map_params(
+        tx,
+        lambda _, spec: spec,
+        shapes,
+        _param_spec_tree(config, mesh, rules),
+        transform_non_params=lambda _: PartitionSpec(),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    sizes = jax.tree.map(lambda s, sp: shard_bytes(s.shape, s.dtype, sp, mesh), shapes, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return sum(jax.tree.leaves(sizes))
+
+
+def _residual_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
+    from ilf_jax.train.step import loss_sums
+
+    spec = lambda dtype: jax.ShapeDtypeStruct((rows, seq_len), dtype)  # noqa: E731
+    batch = {"tokens": spec(jnp.int32), "targets": spec(jnp.int32), "weights": spec(jnp.float32), "valid": spec(jnp.bool_)}
+    vjp_fn = jax.eval_shape(lambda p, b: jax.vjp(lambda q: loss_sums(q, b, config)[0], p)[1], abstract_params(config), batch)
+    return sum(math.prod(r.shape) * jnp.dtype(r.dtype).itemsize for r in jax.tree.leaves(vjp_fn))
+
+
+def activation_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
+    """Bytes of the residuals the backward pass keeps for `rows` sequences of `seq_len` on one replica.
+
+    The vjp closure also holds the weights; they do not grow with the batch, so the per-row part
+    is the difference between two and one rows. Counted whole on the replica (tensor parallelism
+    splits some of it further), the fp32 logits of the loss included.
+    """
+    per_row = _residual_bytes(config, 2, seq_len) - _residual_bytes(config, 1, seq_len)
+    return rows * per_row
+
+
+def cache_bytes(config: CodeGenConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+    """Per-device bytes of the sampler's KV cache for `batch` rows of `slots` positions."""
+    cache = jax.eval_shape(lambda: init_cache(config, batch, slots))
+    names = ("batch", "length", "heads", "kv")
+    return sum(shard_bytes(c.shape, c.dtype, logical_spec(names, c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
+
+
+def plan(
+    config: CodeGenConfig,
+    mesh_shape: Sequence[int],
+    tx: optax.GradientTransformation,
+    micro_batch: int,
+    seq_len: int,
+    sample_batch: int,
+    sample_slots: int,
+    rules: Rules = DEFAULT_RULES,
+) -> dict[str, int]:
+    """Per-device bytes of params, grads, optimizer state, activations (one micro-batch per replica), KV cache."""
+    mesh = abstract_mesh(mesh_shape)
+    p = param_bytes(config, mesh, rules)
+    grads = p * jnp.dtype(jnp.float32).itemsize // jnp.dtype(config.param_dtype).itemsize
+    return {
+        "params": p,
+        "grads": grads,
+        "optimizer": optimizer_bytes(config, tx, mesh, rules),
+        "activations": activation_bytes(config, micro_batch, seq_len),
+        "kv_cache": cache_bytes(config, sample_batch, sample_slots, mesh, rules),
+    }

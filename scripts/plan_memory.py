@@ -1,0 +1,60 @@
+"""Per-device memory of training and sampling a CodeGen model on a mesh, before renting the pod.
+
+Computed from `jax.eval_shape` of the real init, optimizer, loss and cache (nothing is allocated):
+
+    python scripts/plan_memory.py configs/models/codegen-6B-mono.yaml --mesh 1,8,1 --micro-batch 1 \
+        --seq 1024 --remat --sample-batch 240 --slots 1536 [--device-gib 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_config", help="model YAML or HF config.json")
+    parser.add_argument("--mesh", default="1,8,1", help="data,fsdp,tensor sizes")
+    parser.add_argument("--micro-batch", type=int, default=1, help="sequences per data-parallel replica per micro-step")
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
+    parser.add_argument("--param-dtype", default=None)
+    parser.add_argument("--dtype", default=None, help="compute dtype")
+    parser.add_argument("--sample-batch", type=int, default=240, help="rows per sampling call (prompts x samples)")
+    parser.add_argument("--slots", type=int, default=1536, help="KV cache positions (prompt + new tokens)")
+    parser.add_argument("--device-gib", type=float, default=None, help="device memory, to print headroom")
+    args = parser.parse_args()
+
+    from ilf_jax.model.config import CodeGenConfig
+    from ilf_jax.parallel.memory import plan
+    from ilf_jax.parallel.mesh import parse_mesh
+    from ilf_jax.train import TrainConfig, make_optimizer
+
+    config = CodeGenConfig.from_file(args.model_config)
+    changes = {"remat": args.remat}
+    if args.param_dtype:
+        changes["param_dtype"] = args.param_dtype
+    if args.dtype:
+        changes["dtype"] = args.dtype
+    config = config.replace(**changes)
+    mesh = parse_mesh(args.mesh)
+    if -1 in mesh:
+        raise SystemExit("--mesh: give every size (the planner has no devices to infer one from)")
+    tx = make_optimizer(TrainConfig(weight_decay=0.01), total_steps=1000)
+    rows = plan(config, mesh, tx, args.micro_batch, args.seq, args.sample_batch, args.slots)
+    gib = 2**30
+    print(f"{args.model_config}: mesh data,fsdp,tensor = {mesh}; param {config.param_dtype}, compute {config.dtype}, remat {config.remat}")
+    for name, value in rows.items():
+        print(f"  {name:12s} {value / gib:9.2f} GiB per device")
+    train = rows["params"] + rows["grads"] + rows["optimizer"] + rows["activations"]
+    sample = rows["params"] + rows["kv_cache"]
+    print(f"  {'train total':12s} {train / gib:9.2f} GiB   (params + grads + optimizer + activations)")
+    print(f"  {'sample total':12s} {sample / gib:9.2f} GiB   (params + KV cache)")
+    if args.device_gib:
+        for name, total in (("train", train), ("sample", sample)):
+            verdict = "fits" if total < 0.9 * args.device_gib * gib else "does NOT fit"
+            print(f"  {name}: {verdict} in {args.device_gib:g} GiB (90% usable)")
+
+
+if __name__ == "__main__":
+    main()
