@@ -17,13 +17,16 @@ import jax.numpy as jnp
 from ilf_jax.model.config import CodeGenConfig
 
 Params = Any  # a nested dict of arrays
-Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, slots, heads, head_dim]
+Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, heads, slots, head_dim]
+# Logical names of a cache entry's dims. Heads before slots: the decode step then reads the cache
+# in the layout attention uses, with no per-step transpose of the whole cache.
+CACHE_AXES = ("act_batch", "act_heads", None, None)
 Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
 
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
-def _no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     return x
 
 
@@ -75,13 +78,13 @@ class Attention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = apply_rotary(q, sin, cos, cfg.rotary_dim)
         k = apply_rotary(k, sin, cos, cfg.rotary_dim)
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, T, D]
         new_cache = None
         if cache is not None:
-            start = (0, cache_index, 0, 0)
+            start = (0, 0, cache_index, 0)
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
-        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
         # Scores and softmax in fp32, as the reference does, whatever the compute dtype.
         scores = jnp.matmul(q.astype(jnp.float32), k.astype(jnp.float32).transpose(0, 1, 3, 2))
         scores = jnp.where(mask[:, None], scores * (1.0 / math.sqrt(cfg.head_dim)), _NEG)
@@ -126,7 +129,7 @@ class Block(nn.Module):
     """ln_1 -> (attention || MLP) + residual, CodeGen's parallel block."""
 
     config: CodeGenConfig
-    constrain: Constrain = _no_constraint
+    constrain: Constrain = no_constraint
 
     @nn.compact
     def __call__(self, x, sin, cos, mask, cache, cache_index):
@@ -140,10 +143,10 @@ class CodeGen(nn.Module):
     """CodeGen causal LM: embedding, `n_layer` blocks, final layer norm, untied LM head with bias."""
 
     config: CodeGenConfig
-    constrain: Constrain = _no_constraint
+    constrain: Constrain = no_constraint
 
     @nn.compact
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=0):
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=0, last_only=False):
         cfg = self.config
         embed = self.param(
             "wte",
@@ -160,6 +163,8 @@ class CodeGen(nn.Module):
             layer_cache = None if cache is None else cache[i]
             x, c = block(cfg, self.constrain, name=f"h_{i}")(x, sin, cos, mask, layer_cache, cache_index)
             new_cache.append(c)
+        if last_only:  # a prefill needs the next-token logits of the last position only
+            x = x[:, -1:]
         x = _layer_norm(cfg, "ln_f")(x).astype(jnp.dtype(cfg.dtype))
         logits = nn.Dense(
             cfg.vocab_size,
@@ -216,9 +221,10 @@ def forward(
     valid: jax.Array | None = None,
     cache: Cache | None = None,
     cache_index: jax.Array | int = 0,
-    constrain: Constrain = _no_constraint,
+    constrain: Constrain = no_constraint,
+    last_only: bool = False,
 ) -> tuple[jax.Array, Cache | None]:
-    """Logits [B, T, vocab] (fp32) and the updated cache.
+    """Logits [B, T, vocab] (fp32; [B, 1, vocab] with `last_only`) and the updated cache.
 
     Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
     cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
@@ -232,11 +238,11 @@ def forward(
             positions = positions_from_mask(valid)
     if positions is None:
         raise ValueError("forward: pass positions together with an explicit mask")
-    return CodeGen(config, constrain).apply({"params": params}, tokens, positions, mask, cache, cache_index)
+    return CodeGen(config, constrain).apply({"params": params}, tokens, positions, mask, cache, cache_index, last_only)
 
 
 def init_cache(config: CodeGenConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
     """An empty KV cache with `slots` positions per row, in the compute dtype by default."""
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, slots, config.n_head, config.head_dim)
+    shape = (batch, config.n_head, slots, config.head_dim)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from ilf_jax.model.codegen import abstract_params, init_cache, param_specs
+from ilf_jax.model.codegen import CACHE_AXES, abstract_params, init_cache, param_specs
 from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.parallel.mesh import AXES
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, logical_spec
@@ -91,8 +91,7 @@ def activation_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
 def cache_bytes(config: CodeGenConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device bytes of the sampler's KV cache for `batch` rows of `slots` positions."""
     cache = jax.eval_shape(lambda: init_cache(config, batch, slots))
-    names = ("batch", "length", "heads", "kv")
-    return sum(shard_bytes(c.shape, c.dtype, logical_spec(names, c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
+    return sum(shard_bytes(c.shape, c.dtype, logical_spec(CACHE_AXES, c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
 
 
 def plan(

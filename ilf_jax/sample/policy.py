@@ -47,8 +47,19 @@ def warp(logits: jax.Array, policy: Policy) -> jax.Array:
 
 
 def choose(logits: jax.Array, keys: jax.Array, policy: Policy) -> jax.Array:
-    """One token id per row: argmax when greedy, else a draw from softmax(warp(logits)) with `keys` [B]."""
+    """One token id per row: argmax when greedy, else a draw from softmax(warp(logits)) with `keys` [B].
+
+    The draw inverts the CDF with one uniform per row (`cdf[j-1] <= u * total < cdf[j]`), not a
+    Gumbel-max over the vocabulary: that needs B random numbers instead of B x vocab, which on CPU
+    is most of a small model's decode step. Tokens of probability 0 (filtered) are never drawn.
+    """
     if policy.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     warped = warp(logits, policy)
-    return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys, warped).astype(jnp.int32)
+    probs = jnp.exp(warped - jnp.max(warped, axis=-1, keepdims=True))
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+    total = cdf[:, -1]
+    x = jnp.minimum(u * total, jnp.nextafter(total, 0.0))  # strictly below the total mass
+    index = jnp.sum((cdf <= x[:, None]).astype(jnp.int32), axis=-1)
+    return jnp.minimum(index, logits.shape[-1] - 1).astype(jnp.int32)
