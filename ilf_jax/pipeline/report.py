@@ -1,0 +1,231 @@
+"""The run's report: Table 4/2/3-style numbers from verdict files, plots, `results.json` and `report.md`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import statistics
+from typing import Any, Callable, Iterable, Sequence
+
+from ilf_jax.metrics import pass_at_k_table
+from ilf_jax.pipeline import steps
+from ilf_jax.pipeline.engine import STATE, StageContext
+from ilf_jax.pipeline.records import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+
+REPORT, RESULTS, METRICS, PLOTS, TB = "report.md", "results.json", "metrics.jsonl", "plots", "tb"
+TABLE4_HEADER = "| method | feedback | fine-tuning data | pass@1 | pass@10 | 1+ correct | tasks |"
+
+
+def counts(verdicts: Iterable[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """{task_id: (samples, passing samples)}."""
+    out: dict[int, list[int]] = {}
+    for v in verdicts:
+        n_c = out.setdefault(v["task_id"], [0, 0])
+        n_c[0] += 1
+        n_c[1] += bool(v["passed"])
+    return {k: (n, c) for k, (n, c) in out.items()}
+
+
+def scores(task_counts: dict[int, tuple[int, int]], ks: Sequence[int]) -> dict[str, float | None]:
+    """pass@k for each k (None where k exceeds the samples per task), 1+ correct and the task count."""
+    if not task_counts:
+        return {**{f"pass@{k}": None for k in ks}, "one_plus_correct": None, "tasks": 0}
+    n_min = min(n for n, _ in task_counts.values())
+    table = pass_at_k_table(task_counts, [k for k in ks if k <= n_min])
+    return {**{f"pass@{k}": table.get(f"pass@{k}") for k in ks}, "one_plus_correct": table["one_plus_correct"],
+            "tasks": int(table["tasks"])}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _summary(run_dir: pathlib.Path, stage: str) -> dict[str, Any]:
+    path = run_dir / "stages" / stage / STATE
+    return read_json(path).get("summary", {}) if path.is_file() else {}
+
+
+def results(ctx: StageContext, methods: Sequence[Any]) -> dict[str, Any]:
+    """Every number of the report, as a JSON-ready mapping."""
+    cfg = ctx.resources.config
+    ks = cfg["evaluation"]["ks"]
+    run_dir = ctx.resources.run_dir
+
+    def verdicts(stage: str) -> list[dict[str, Any]]:
+        return read_jsonl(ctx.dep(stage) / steps.VERDICTS)
+
+    table4 = [{**dataclasses.asdict(m), **scores(counts(verdicts(f"eval.{m.name}.execute")), ks),
+               "trained_on": _summary(run_dir, m.train_stage).get("examples") if m.train_stage else None,
+               "trained": _summary(run_dir, m.train_stage).get("trained") if m.train_stage else None}
+              for m in methods]
+    table2 = {kind: scores(counts(verdicts(f"fewshot.{kind}.execute")), ks)
+              for kind in ("relevant", "unrelated") if f"fewshot.{kind}.execute" in ctx.dep_dirs}
+    rounds = []
+    for r in range(1, cfg["rounds"] + 1):
+        R = f"r{r}"
+        rounds.append({
+            "round": r,
+            "base_on_collect_splits": scores(counts(verdicts(f"{R}.execute_base")), ks),
+            "pi_refine_on_train": scores(counts(verdicts(f"{R}.execute_refinements")), ks),
+            "collect": _summary(run_dir, f"{R}.collect"),
+            "refine_data": _summary(run_dir, f"{R}.refine_data"),
+            "feedback": _summary(run_dir, f"{R}.feedback"),
+            "selected": _summary(run_dir, f"{R}.select").get("selected"),
+        })
+        rounds[-1]["feedback_annotations"] = (rounds[-1]["refine_data"].get("kept", 0)
+                                              + rounds[-1]["feedback"].get("with_feedback", 0))
+    ann = ctx.resources.annotations
+    ppl: dict[str, Any] = {}
+    if "perplexity" in ctx.dep_dirs:
+        by_source: dict[str, list[float]] = {}
+        for rec in read_jsonl(ctx.dep("perplexity") / steps.PERPLEXITY):
+            by_source.setdefault(rec["source"], []).append(rec["perplexity"])
+        ppl = {s: {"n": len(v), "mean": statistics.fmean(v), "median": statistics.median(v)} for s, v in sorted(by_source.items())}
+    return {
+        "table4": table4,
+        "table2": table2,
+        "table3": rounds,
+        "perplexity": ppl,
+        "leakage": {"excluded_test_annotations": len(ann.excluded_test_ids) if ann else 0,
+                    "excluded_test_ids": list(ann.excluded_test_ids) if ann else [],
+                    "allow_test_annotations": cfg["feedback"]["allow_test_annotations"],
+                    "test_annotations_used": rounds[0]["refine_data"].get("test_annotations_used", 0)},
+        "tasks": {s: len(ids) for s, ids in ctx.resources.task_set.splits.items()},
+        "samples_per_task": {"evaluation": {**cfg["sampling"], **cfg["evaluation"]["sampling"]}["n"]},
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """report.md: the tables and the plots."""
+    lines = ["# ILF run report", "",
+             f"Tasks per split: {', '.join(f'{k} {v}' for k, v in res['tasks'].items())}; "
+             f"{res['samples_per_task']['evaluation']} samples per test task.", "",
+             "## Table 4: pass rates on the test split", "", TABLE4_HEADER, "|---|---|---|---|---|---|---|"]
+    for row in res["table4"]:
+        note = " (no training data: base model)" if row["trained"] is False else ""
+        lines.append(f"| {row['name']}{note} | {row['feedback']} | {row['data']} | {_pct(row.get('pass@1'))} | "
+                     f"{_pct(row.get('pass@10'))} | {_pct(row['one_plus_correct'])} | {row['tasks']} |")
+    lines += ["", "## Table 2: few-shot refinement without fine-tuning (base model, train tasks with feedback)", "",
+              "| feedback | pass@1 | pass@10 | 1+ correct | tasks |", "|---|---|---|---|---|"]
+    for kind, row in res["table2"].items():
+        lines.append(f"| {kind} | {_pct(row.get('pass@1'))} | {_pct(row.get('pass@10'))} | {_pct(row['one_plus_correct'])} | {row['tasks']} |")
+    lines += ["", "## Table 3: pi_Refine on the train tasks, and the base model on the collection splits", "",
+              "| round | model | pass@1 | pass@10 | 1+ correct | tasks |", "|---|---|---|---|---|---|"]
+    for rnd in res["table3"]:
+        for label, key in (("pi_Refine (train tasks)", "pi_refine_on_train"), ("base (collection splits)", "base_on_collect_splits")):
+            row = rnd[key]
+            lines.append(f"| {rnd['round']} | {label} | {_pct(row.get('pass@1'))} | {_pct(row.get('pass@10'))} | "
+                         f"{_pct(row['one_plus_correct'])} | {row['tasks']} |")
+    lines += ["", "## Data", ""]
+    for rnd in res["table3"]:
+        rd, fb, col = rnd["refine_data"], rnd["feedback"], rnd["collect"]
+        lines.append(f"- Round {rnd['round']}: {col.get('failing_tasks', 0)} of {col.get('tasks', 0)} sampled tasks had "
+                     f"no correct sample; pi_Refine data: {rd.get('kept', 0)} of {rd.get('triples', 0)} triples kept by "
+                     f"the annotation filter; {fb.get('with_feedback', 0)} train programs with feedback; "
+                     f"{rnd['selected']} passing refinements selected (one per task).")
+        lines.append(f"- Round {rnd['round']}: feedback annotations used by ILF: {rnd['feedback_annotations']} "
+                     f"({rd.get('kept', 0)} training pi_Refine, {fb.get('with_feedback', 0)} on train-split failures).")
+    leak = res["leakage"]
+    lines.append(f"- Leakage guard: {leak['excluded_test_annotations']} annotations in the test split were excluded "
+                 f"from training (allow_test_annotations={str(leak['allow_test_annotations']).lower()}; "
+                 f"{leak['test_annotations_used']} test-split annotations used).")
+    if res["perplexity"]:
+        lines += ["", "## Figure 3: perplexity of training sources under the base model", "",
+                  "| source | examples | mean | median |", "|---|---|---|---|"]
+        lines += [f"| {s} | {v['n']} | {v['mean']:.2f} | {v['median']:.2f} |" for s, v in res["perplexity"].items()]
+    lines += ["", "## Plots", "", f"![pass@k per method]({PLOTS}/pass_at_k.png)", "",
+              f"![perplexity of training sources]({PLOTS}/perplexity.png)", "",
+              f"![training loss]({PLOTS}/loss.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(out: pathlib.Path, res: dict[str, Any], losses: dict[str, list[tuple[int, float]]],
+           ppl: dict[str, list[float]], ks: Sequence[int]) -> None:
+    """pass_at_k.png, perplexity.png, loss.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"Software": None}
+    rows = res["table4"]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
+    width = 0.8 / max(1, len(ks))
+    for i, k in enumerate(ks):
+        ax.bar([j + i * width for j in range(len(rows))], [100 * (r.get(f"pass@{k}") or 0) for r in rows], width, label=f"pass@{k}")
+    ax.set_xticks([j + width * (len(ks) - 1) / 2 for j in range(len(rows))], [r["name"] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("% of test tasks")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "pass_at_k.png", metadata=meta)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for source, values in sorted(ppl.items()):
+        ax.hist(values, bins=20, alpha=0.5, label=source)
+    ax.set_xlabel("perplexity under the base model")
+    ax.set_ylabel("examples")
+    if ppl:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "perplexity.png", metadata=meta)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in sorted(losses.items()):
+        ax.plot([s for s, _ in curve], [v for _, v in curve], marker="." if len(curve) < 20 else None, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats/token)")
+    if losses:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", metadata=meta)
+    plt.close(fig)
+
+
+def _tensorboard(path: pathlib.Path, res: dict[str, Any], ks: Sequence[int]) -> None:
+    """Evaluation scalars per method (rewritten from scratch on each report)."""
+    from tensorboardX import SummaryWriter
+
+    shutil.rmtree(path, ignore_errors=True)
+    with SummaryWriter(str(path)) as writer:
+        for row in res["table4"]:
+            for key in [f"pass@{k}" for k in ks] + ["one_plus_correct"]:
+                if row.get(key) is not None:
+                    writer.add_scalar(f"eval/{row['name']}/{key}", row[key], 0)
+
+
+def report_stage(methods: Sequence[Any]) -> Callable[[StageContext], dict[str, Any]]:
+    """Write results.json, report.md, plots/, metrics.jsonl and tb/ in the run directory."""
+    def run(ctx: StageContext) -> dict[str, Any]:
+        run_dir = ctx.resources.run_dir
+        ks = ctx.resources.config["evaluation"]["ks"]
+        res = results(ctx, methods)
+        losses = {}
+        for name, d in ctx.dep_dirs.items():
+            metrics = d / steps.TRAIN_DIR / "metrics.jsonl"
+            if metrics.is_file():
+                losses[name] = [(r["step"], r["loss"]) for r in read_jsonl(metrics) if "loss" in r]
+        ppl: dict[str, list[float]] = {}
+        if "perplexity" in ctx.dep_dirs:
+            for rec in read_jsonl(ctx.dep("perplexity") / steps.PERPLEXITY):
+                ppl.setdefault(rec["source"], []).append(rec["perplexity"])
+        _plots(run_dir / PLOTS, res, losses, ppl, ks)
+        atomic_write_json(run_dir / RESULTS, res)
+        atomic_write_text(run_dir / REPORT, markdown(res))
+        write_jsonl(run_dir / METRICS, [{"stage": name, **_summary(run_dir, name)} for name in sorted(ctx.dep_dirs)]
+                    + [{"stage": "report", "method": r["name"], **{k: r.get(k) for k in [f"pass@{k}" for k in ks] + ["one_plus_correct"]}}
+                       for r in res["table4"]])
+        _tensorboard(run_dir / TB, res, ks)
+        return {"methods": len(res["table4"]), **{r["name"]: r.get("pass@1") for r in res["table4"]}}
+    return run
+
+
+def print_table(run_dir: pathlib.Path) -> str:
+    """The Table 4 rows of a finished run, as text (for the CLI)."""
+    res = json.loads((run_dir / RESULTS).read_text())
+    return "\n".join(f"{r['name']:<28} pass@1 {_pct(r.get('pass@1')):>7}  pass@10 {_pct(r.get('pass@10')):>7}"
+                     for r in res["table4"])

@@ -1,0 +1,92 @@
+"""Opening a run (validate, plan, fingerprint inputs, manifest) and running its stages in order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Sequence
+
+from ilf_jax.errors import IlfError
+from ilf_jax.pipeline import engine, plan, validate
+from ilf_jax.pipeline.config import load
+from ilf_jax.pipeline.manifest import MANIFEST, fingerprint, read_manifest, write_manifest
+from ilf_jax.pipeline.resources import Resources
+from ilf_jax.pipeline.sources import load_tasks
+
+
+@dataclasses.dataclass
+class Run:
+    """An opened run: its resources, stage plan, evaluated methods and stage identities."""
+
+    resources: Resources
+    stages: list[engine.Stage]
+    methods: list[plan.Method]
+    ids: dict[str, str]
+    inputs: dict[str, str]
+
+    @property
+    def dir(self) -> pathlib.Path:
+        return self.resources.run_dir
+
+    def stage(self, name: str) -> engine.Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise IlfError(f"no stage {name!r} in this run (see `ilf stage list CONFIG`)")
+
+
+def config_from(target: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The config of a YAML file, or of an existing run directory (its manifest), with overrides."""
+    path = pathlib.Path(target)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise IlfError(f"{path}: not a run directory (no {MANIFEST})")
+        from ilf_jax.configfile import apply_overrides
+        from ilf_jax.pipeline.config import resolve
+
+        return resolve(apply_overrides(manifest["config"], overrides), pathlib.Path.cwd())
+    return load(path, overrides)
+
+
+def _fingerprints(cfg: dict[str, Any]) -> dict[str, str]:
+    """Fingerprints of the run's external inputs."""
+    tasks = cfg["tasks"]
+    out = {"model": fingerprint(cfg["model"]["dir"])}
+    if cfg["model"]["tokenizer"]:
+        out["model"] += ":" + fingerprint(cfg["model"]["tokenizer"])
+    if tasks["source"] == "mbpp":
+        out["tasks"] = fingerprint(tasks["path"])
+    else:
+        out["tasks"] = json.dumps({k: tasks[k] for k in ("source", "hf_name", "factory", "factory_args")}, sort_keys=True)
+    if cfg["feedback"]["annotations"]:
+        out["annotations"] = fingerprint(cfg["feedback"]["annotations"])
+    fb_model = cfg["feedback"]["model"]["dir"]
+    out["feedback_model"] = fingerprint(fb_model) if fb_model else out["model"]
+    return out
+
+
+def open_run(cfg: dict[str, Any], progress: bool = True, check: bool = True) -> Run:
+    """Validate every input (unless `check` is off, e.g. for status), build the plan and identities."""
+    task_set = load_tasks(cfg["tasks"])
+    resources = Resources(cfg, pathlib.Path(cfg["run_dir"]), task_set, progress)
+    if check:
+        validate.everything(cfg, task_set, lambda: resources.annotations, plan.sweep_points(cfg))
+    stages, methods = plan.build(resources)
+    inputs = _fingerprints(cfg)
+    return Run(resources, stages, methods, engine.identities(stages, inputs), inputs)
+
+
+def _manifest(run: Run) -> None:
+    states = {s.name: {"identity": run.ids[s.name], "status": st}
+              for s, (_, st) in zip(run.stages, engine.status(run.stages, run.dir, run.ids))}
+    write_manifest(run.dir, run.resources.config, run.inputs, states)
+
+
+def execute(run: Run, only: str | None = None) -> None:
+    """Run every stage in order (skipping done ones), or just stage `only` (its deps must be done)."""
+    _manifest(run)
+    targets = [run.stage(only)] if only else run.stages
+    for stage in targets:
+        engine.run_stage(stage, run.dir, run.ids, run.resources, on_done=lambda *_: _manifest(run))

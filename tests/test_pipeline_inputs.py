@@ -1,0 +1,177 @@
+"""Bad inputs fail with one clear line before any expensive work; the leakage guard keeps test tasks out."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import pytest
+
+from ilf_jax import cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "pipeline" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> pathlib.Path:
+    """A tiny model directory (config + tokenizer are what validation looks at)."""
+    from helpers import TINY_CONFIGS, save_hf, tiny_hf_model, tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-model")
+    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), d)
+    tiny_tokenizer(d)
+    return d
+
+
+def _args(shared: pathlib.Path, model: pathlib.Path, run_dir: pathlib.Path, annotations: pathlib.Path | None = None) -> list[str]:
+    return [f"model.dir={model}", f"run_dir={run_dir}", f"tasks.path={shared / 'mbpp' / 'mbpp.jsonl'}",
+            f"feedback.annotations={annotations or shared / 'ilf' / 'surge_annotations.jsonl'}"]
+
+
+def _rows(shared: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (shared / "ilf" / "surge_annotations.jsonl").read_text().splitlines()]
+
+
+def _fails_fast(capsys, argv: list[str], message: str, run_dir: pathlib.Path) -> str:
+    """Exit status 2 with one error line holding `message`, quickly, and no stage started."""
+    t0 = time.time()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (run_dir / "stages").exists()
+    assert time.time() - t0 < 60
+    return err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown_task", "field 'task_id' must be an MBPP id 1..974, got 5000"),
+    ("missing_column", "missing field 'Feedback'"),
+    ("empty_feedback", "field 'Feedback' is empty"),
+])
+def test_bad_annotation_file_is_refused_up_front(case, message, shared_data, model_dir, tmp_path, capsys):
+    rows = _rows(shared_data)
+    if case == "unknown_task":
+        rows[5]["task_id"] = 5000
+    elif case == "missing_column":
+        del rows[7]["Feedback"]
+    else:
+        rows[3]["Feedback"] = "   "
+    bad = tmp_path / "annotations.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    err = _fails_fast(capsys, ["run", str(TINY), *_args(shared_data, model_dir, run_dir, bad)], message, run_dir)
+    assert f"{bad}: row " in err
+
+
+def test_annotation_for_a_task_the_source_lacks(shared_data, model_dir, tmp_path, capsys):
+    sanitized = shared_data / "mbpp" / "sanitized-mbpp.json"  # 427 tasks; several annotated ids are absent
+    run_dir = tmp_path / "run"
+    argv = ["run", str(TINY), *_args(shared_data, model_dir, run_dir), f"tasks.path={sanitized}",
+            "tasks.ids={test: [11, 12, 14], refine: []}", "tasks.limit.train=2"]
+    _fails_fast(capsys, argv, "which the task source does not have", run_dir)
+
+
+def test_missing_model_directory(shared_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    _fails_fast(capsys, ["run", str(TINY), *_args(shared_data, tmp_path / "no-such-model", run_dir)],
+                f"model.dir {tmp_path / 'no-such-model'}: directory does not exist", run_dir)
+
+
+def test_unwritable_run_directory(shared_data, model_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run_dir = blocker / "run"
+    t0 = time.time()
+    assert cli.main(["run", str(TINY), *_args(shared_data, model_dir, run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"run_dir {run_dir}: not writable" in err and time.time() - t0 < 60
+
+
+def test_config_errors_name_the_key(shared_data, model_dir, tmp_path, capsys):
+    base = ["run", str(TINY), *_args(shared_data, model_dir, tmp_path / "run")]
+    assert cli.main([*base, "feedback.source=crowd"]) == 2
+    assert "feedback.source='crowd' must be one of human, model, shuffled, scripted" in capsys.readouterr().err
+    assert cli.main([*base, "refiner.train.learning_rate=-1"]) == 2
+    assert "config: refiner.train: train config: learning_rate must be positive" in capsys.readouterr().err
+    assert cli.main([*base, "sampling.n=two"]) == 2
+    assert "sampling.n='two' must be an integer" in capsys.readouterr().err
+    assert cli.main([*base, "feedback.programs=sampled"]) == 2
+    assert "human feedback is about the annotated programs" in capsys.readouterr().err
+
+
+def _refine_data(run_dir: pathlib.Path) -> list[dict]:
+    path = run_dir / "stages" / "r1.refine_data" / "refine_data.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_leakage_guard_excludes_test_annotations_unless_allowed(shared_data, model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "guarded"
+    assert cli.main(["stage", "r1.refine_data", str(TINY), *_args(shared_data, model_dir, run_dir), "--no-progress"]) == 0
+    rows = _refine_data(run_dir)
+    assert {r["task_id"] for r in rows} == {114, 124, 125}
+    summary = json.loads((run_dir / "stages" / "r1.refine_data" / "stage.json").read_text())["summary"]
+    assert summary["excluded_test_annotations"] == 21 and summary["test_annotations_used"] == 0
+
+    allowed = tmp_path / "allowed"  # task 13 is an annotated test task in the tiny config's test split
+    argv = ["stage", "r1.refine_data", str(TINY), *_args(shared_data, model_dir, allowed),
+            "feedback.allow_test_annotations=true", "--no-progress"]
+    assert cli.main(argv) == 0
+    rows = _refine_data(allowed)
+    assert {r["task_id"] for r in rows} == {13, 114, 124, 125}
+    summary = json.loads((allowed / "stages" / "r1.refine_data" / "stage.json").read_text())["summary"]
+    assert summary["excluded_test_annotations"] == 0 and summary["test_annotations_used"] == 1
+
+
+def test_stage_command_refuses_a_stage_whose_inputs_are_missing(shared_data, model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["stage", "r1.train_refine", str(TINY), *_args(shared_data, model_dir, run_dir)]) == 2
+    assert "stage r1.train_refine: stage r1.refine_data is not done" in capsys.readouterr().err
+    assert cli.main(["stage", "r9.nothing", str(TINY), *_args(shared_data, model_dir, run_dir)]) == 2
+    assert "no stage 'r9.nothing'" in capsys.readouterr().err
+
+
+def _feedback(run_dir: pathlib.Path) -> list[dict]:
+    path = run_dir / "stages" / "r1.feedback" / "feedback.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_shuffled_feedback_is_a_derangement_of_the_human_feedback(shared_data, model_dir, tmp_path):
+    base = _args(shared_data, model_dir, tmp_path / "run")
+    for stage in ("r1.refine_data", "r1.feedback"):
+        assert cli.main(["stage", stage, str(TINY), *base, "feedback.source=shuffled", "--no-progress"]) == 0
+    rows = _feedback(tmp_path / "run")
+    human = {r["task_id"]: r["Feedback"] for r in _rows(shared_data)}
+    assert sorted(r["feedback"] for r in rows) == sorted(human[r["task_id"]] for r in rows)
+    assert all(r["feedback"] != human[r["task_id"]] and r["refinement"] is None for r in rows)
+
+
+def test_model_written_feedback_is_few_shot_prompted(shared_data, model_dir, tmp_path):
+    base = _args(shared_data, model_dir, tmp_path / "run")
+    extra = ["feedback.source=model", "feedback.model.shots=2", "feedback.model.max_new_tokens=8",
+             "feedback.model.temperature=0.8", "--no-progress"]
+    for stage in ("r1.refine_data", "r1.feedback"):
+        assert cli.main(["stage", stage, str(TINY), *base, *extra]) == 0
+    stage = tmp_path / "run" / "stages" / "r1.feedback"
+    written = [json.loads(line) for line in (stage / "model_feedback.partial.jsonl").read_text().splitlines()]
+    assert sorted(r["task_id"] for r in written) == [311, 315, 321]
+    summary = json.loads((stage / "stage.json").read_text())["summary"]
+    rows = _feedback(tmp_path / "run")
+    assert summary["with_feedback"] + summary["empty_feedback_dropped"] == 3
+    assert all(r["source"] == "model" and r["refinement"] is None and r["feedback"].strip() for r in rows)
+
+
+def test_rounds_and_sweep_shape_the_plan(shared_data, model_dir, tmp_path):
+    from ilf_jax.pipeline.run import config_from, open_run
+
+    argv = [*_args(shared_data, model_dir, tmp_path / "run"), "rounds=2", "sweep.learning_rate=[0.001, 0.002]",
+            "sweep.methods=[ilf, gold]"]
+    opened = open_run(config_from(str(TINY), argv), progress=False, check=False)
+    stages = {s.name: s for s in opened.stages}
+    assert [m.name for m in opened.methods] == ["zero_shot", "ilf[lr=0.001]", "ilf[lr=0.002]", "ilf_r2[lr=0.001]",
+                                                "ilf_r2[lr=0.002]", "gold[lr=0.001]", "gold[lr=0.002]", "human"]
+    assert stages["r2.sample_base"].deps == ("r1.finetune.ilf[lr=0.001]",)  # round 2 starts from round 1's pi_theta*
+    assert stages["r2.train_refine"].deps == ("r1.finetune.ilf[lr=0.001]", "r2.refine_data")
+    assert stages["finetune.gold[lr=0.002]"].config["train"]["learning_rate"] == 0.002
+    assert "eval.ilf_r2[lr=0.002].execute" in stages and "finetune.human" in stages

@@ -1,0 +1,151 @@
+"""Pipeline building blocks without a model: crash-safe records, stage identities and skipping,
+config checks, prompt/example texts on real MBPP tasks, scores, schemas."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from ilf_jax.data.formats import task_prompt
+from ilf_jax.data.mbpp import load_mbpp
+from ilf_jax.errors import IlfError
+from ilf_jax.pipeline import config, engine, report, schema, texts
+from ilf_jax.pipeline.records import RecordLog
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _key(r: dict) -> tuple[int, int]:
+    return r["task_id"], r["sample"]
+
+
+def test_record_log_drops_torn_tail_and_duplicates(tmp_path):
+    path = tmp_path / "x.partial.jsonl"
+    with RecordLog(path, _key, "s") as log:
+        log.append([{"task_id": 2, "sample": 0}, {"task_id": 1, "sample": 0}])
+        log.append([{"task_id": 1, "sample": 0, "extra": True}])  # same key: ignored
+    with path.open("a") as f:
+        f.write('{"task_id": 3, "sam')  # a SIGKILL mid-write
+    with RecordLog(path, _key, "s") as log:
+        assert sorted(log.records) == [(1, 0), (2, 0)]
+        log.append([{"task_id": 3, "sample": 0}])
+        out = log.finalize(tmp_path / "x.jsonl")
+    assert [r["task_id"] for r in out] == [1, 2, 3]
+    assert path.read_text().count("\n") == 3 and '"sam' not in path.read_text().replace('"sample"', "")
+    assert (tmp_path / "x.jsonl").read_text().splitlines()[0] == '{"sample": 0, "task_id": 1}'
+
+
+def _toy_plan(calls: list[str], cfg_a: int, cfg_b: int) -> list[engine.Stage]:
+    def make(name: str):
+        def fn(ctx: engine.StageContext) -> dict:
+            calls.append(name)
+            (ctx.dir / "out.txt").write_text(name)
+            return {"ok": True}
+        return fn
+    return [engine.Stage("a", make("a"), (), cfg_a, ("in",)),
+            engine.Stage("b", make("b"), ("a",), cfg_b),
+            engine.Stage("c", make("c"), ("a",), None)]
+
+
+def _run_all(plan, run_dir, fps) -> None:
+    ids = engine.identities(plan, fps)
+    for stage in plan:
+        engine.run_stage(stage, run_dir, ids, None)
+
+
+def test_stages_skip_when_done_and_rerun_exactly_dependents(tmp_path):
+    calls: list[str] = []
+    _run_all(_toy_plan(calls, 1, 1), tmp_path, {"in": "x"})
+    assert calls == ["a", "b", "c"]
+    calls.clear()
+    _run_all(_toy_plan(calls, 1, 1), tmp_path, {"in": "x"})
+    assert calls == []
+    _run_all(_toy_plan(calls, 1, 2), tmp_path, {"in": "x"})  # b's own value
+    assert calls == ["b"]
+    calls.clear()
+    _run_all(_toy_plan(calls, 1, 2), tmp_path, {"in": "changed"})  # an input file of a
+    assert calls == ["a", "b", "c"]
+    plan = _toy_plan(calls, 5, 2)
+    ids = engine.identities(plan, {"in": "changed"})
+    assert dict(engine.status(plan, tmp_path, ids)) == {"a": "stale", "b": "stale", "c": "stale"}
+
+
+def test_interrupted_stage_resumes_in_place_and_stale_one_is_wiped(tmp_path):
+    plan = _toy_plan([], 1, 1)
+    ids = engine.identities(plan, {"in": "x"})
+    sdir = engine.stage_dir(tmp_path, "a")
+    sdir.mkdir(parents=True)
+    (sdir / engine.STATE).write_text(json.dumps({"identity": ids["a"], "done": False}))
+    (sdir / "partial.jsonl").write_text("kept\n")
+    engine.run_stage(plan[0], tmp_path, ids, None)
+    assert (sdir / "partial.jsonl").read_text() == "kept\n"  # same identity: resumed, not wiped
+    other = engine.identities(_toy_plan([], 9, 1), {"in": "x"})
+    engine.run_stage(_toy_plan([], 9, 1)[0], tmp_path, other, None)
+    assert not (sdir / "partial.jsonl").exists()
+    with pytest.raises(IlfError, match="stage b: stage a is not done"):
+        engine.run_stage(plan[1], tmp_path, ids, None)
+
+
+def test_config_refuses_unknown_keys_and_bad_choices(tmp_path):
+    good = {"model": {"dir": "m"}, "tasks": {"path": "t"}, "feedback": {"annotations": "a"}}
+    cfg = config.resolve(good)
+    assert cfg["feedback"]["programs"] == "annotated" and cfg["sampling"]["n"] == 30
+    with pytest.raises(IlfError, match="unknown key 'sampling.temprature'"):
+        config.resolve({**good, "sampling": {"temprature": 0.5}})
+    with pytest.raises(IlfError, match="unknown key 'modle'"):
+        config.resolve({**good, "modle": {}})
+    with pytest.raises(IlfError, match="needs feedback.annotations"):
+        config.resolve({**good, "feedback": {}})
+    with pytest.raises(IlfError, match="feedback.source=scripted needs feedback.annotator"):
+        config.resolve({**good, "feedback": {"source": "scripted", "programs": "sampled", "annotations": "a"}})
+    for name in ("ilf.yaml", "model-feedback.yaml", "unrelated-feedback.yaml"):
+        assert config.load(REPO / "configs" / "paper" / name)["sampling"] == {
+            "n": 30, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 512, "seed": 0,
+            "batch_size": 64, "chunk": 16}
+
+
+def test_texts_on_real_tasks(shared_data):
+    tasks = load_mbpp(shared_data / "mbpp" / "mbpp.jsonl")
+    annotations = {json.loads(x)["task_id"]: json.loads(x) for x in
+                   (shared_data / "ilf" / "surge_annotations.jsonl").read_text().splitlines()}
+    for tid in (114, 311, 315):
+        task, ann = tasks[tid], annotations[tid]
+        assert task_prompt(task) == ann["prompt"]
+        refinement = ann["unedited_annotator_completion"]
+        body = texts.body_of(refinement, task)  # after the prompt, or after the `def` line when the
+        assert refinement.endswith(body) and body[:1] in (" ", "\t")  # annotator changed the header
+        gold = texts.gold_completion(task)
+        assert texts.program_of(task, gold).rstrip("\n").endswith(task.code.rstrip("\n").splitlines()[-1])
+        ex = texts.refine_example(task, ann["original_model_completion"], ann["Feedback"], ann["unedited_annotator_completion"])
+        assert ex.input_text == f"OLD CODE:\n{ann['original_model_completion']}\n\nFEEDBACK:\n{ann['Feedback']}\n\nREFINEMENT:\n"
+        assert ex.truncatable == ann["original_model_completion"] and ex.target == task_prompt(task) + body
+        prompt = texts.refine_sampling_prompt(task, ann["original_model_completion"], ann["Feedback"])
+        assert prompt.endswith("REFINEMENT:\n" + task_prompt(task))
+    fewshot = texts.fewshot_refine_prompt([("old", "fb", "new")], tasks[311], "x", "y")
+    assert fewshot.startswith("OLD CODE:\nold\n\nFEEDBACK:\nfb\n\nREFINEMENT:\nnew\n<|endoftext|>OLD CODE:\nx")
+    assert texts.cut_feedback("Use a set.\n\nOLD CODE:\n...") == "Use a set."
+
+
+def test_derangement_moves_every_item():
+    for n in (2, 3, 10, 78):
+        perm = texts.derangement(n, seed=1)
+        assert sorted(perm) == list(range(n)) and all(i != p for i, p in enumerate(perm))
+    assert texts.derangement(5, 0) == texts.derangement(5, 0)
+
+
+def test_scores_leave_unestimable_pass_at_k_empty():
+    verdicts = [{"task_id": t, "passed": p} for t, p in [(1, True), (1, False), (2, False), (2, False)]]
+    got = report.scores(report.counts(verdicts), [1, 10])
+    assert got == {"pass@1": 0.25, "pass@10": None, "one_plus_correct": 0.5, "tasks": 2}
+    assert report.scores({}, [1])["tasks"] == 0
+
+
+def test_schema_rejects_wrong_fields_and_types():
+    good = {"task_id": 1, "sample": 0, "verdict": "passed", "passed": True, "error": ""}
+    schema.check_record(good, "verdict", "x")
+    with pytest.raises(ValueError, match="fields"):
+        schema.check_record({**good, "extra": 1}, "verdict", "x")
+    with pytest.raises(ValueError, match="'task_id'=True"):
+        schema.check_record({**good, "task_id": True}, "verdict", "x")
