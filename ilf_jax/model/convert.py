@@ -3,6 +3,13 @@
 Import reads `model.safetensors`, sharded safetensors with an index, `pytorch_model.bin` or
 sharded `.bin` (torch needed only for `.bin`), transforms each tensor by the weight map and
 places it straight into its sharding. Export streams our parameters into safetensors + config.
+
+Multi-host: every process calls `load_hf_params` with the same global shardings. For tensors whose
+transform is a plain copy or a transpose (embeddings, norms, MLP kernels and biases, lm_head), a
+process reads only the rows of the HF tensor's leading axis that its devices hold (a bounding
+range; the whole tensor when its devices hold every row). The fused `qkv_proj` and `out_proj`
+tensors are reshuffled across their leading axis, so each process reads them whole, one tensor
+at a time (at most one layer's attention weights on the host at once).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from jax.sharding import Sharding
 from ilf_jax.errors import IlfError
 from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.model.safetensors_io import SafetensorsFile, write_safetensors
-from ilf_jax.model.weight_map import IGNORED_SUFFIXES, weight_map
+from ilf_jax.model.weight_map import IGNORED_SUFFIXES, leading_axis, weight_map
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -41,6 +48,7 @@ class TensorSource:
             raise IlfError(f"{self.directory}: model directory not found")
         self._where: dict[str, pathlib.Path] = {}
         self._files: dict[pathlib.Path, Any] = {}
+        self.bytes_read = 0  # tensor bytes read so far (tests check that hosts read only their part)
         d = self.directory
         for index_name, single in (
             ("model.safetensors.index.json", "model.safetensors"),
@@ -77,7 +85,15 @@ class TensorSource:
         return tuple(self._open(self._where[name]).shape(name))
 
     def read(self, name: str) -> np.ndarray:
-        return self._open(self._where[name]).read(name)
+        out = self._open(self._where[name]).read(name)
+        self.bytes_read += out.nbytes
+        return out
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the tensor's leading axis."""
+        out = self._open(self._where[name]).read_rows(name, start, stop)
+        self.bytes_read += out.nbytes
+        return out
 
     def file_of(self, name: str) -> pathlib.Path:
         return self._where[name]
@@ -103,10 +119,16 @@ class _BinFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._state[name].shape)
 
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return np.array(self._convert(self._state[name][start:stop]))
+
     def read(self, name: str) -> np.ndarray:
+        return self._convert(self._state[name])
+
+    @staticmethod
+    def _convert(t: Any) -> np.ndarray:
         import torch
 
-        t = self._state[name]
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(jnp.bfloat16)
         return t.numpy()
@@ -130,14 +152,41 @@ def _place(array: np.ndarray, sharding: Sharding | None) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def _rows_needed(sharding: Sharding, shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    """The bounding range along `axis` of the slices this process's devices hold."""
+    spans = [idx[axis].indices(shape[axis])[:2] for idx in sharding.addressable_devices_indices_map(shape).values()]
+    return min(a for a, _ in spans), max(b for _, b in spans)
+
+
+def _place_rows(source: TensorSource, entry: Any, dtype: Any, sharding: Sharding, axis: int) -> jax.Array:
+    """Read only the rows of the HF tensor this process's devices need, and place them."""
+    shape = entry.hf_shape if axis == 0 else tuple(reversed(entry.hf_shape))
+    lo, hi = _rows_needed(sharding, shape, axis)
+    part = np.ascontiguousarray(entry.to_jax(source.read_rows(entry.hf_name, lo, hi)).astype(dtype))
+
+    def piece(index: tuple[slice, ...]) -> np.ndarray:
+        index = list(index)
+        start, stop, _ = index[axis].indices(shape[axis])
+        index[axis] = slice(start - lo, stop - lo)
+        return part[tuple(index)]
+
+    return jax.make_array_from_callback(shape, sharding, piece)
+
+
 def load_hf_params(
     directory: str | pathlib.Path,
     config: CodeGenConfig,
     shardings: Any | None = None,
     progress: Callable[[str], None] | None = None,
+    source: TensorSource | None = None,
 ) -> Any:
-    """Read an HF CodeGen checkpoint into our pytree, each leaf placed into its sharding as read."""
-    source = TensorSource(directory)
+    """Read an HF CodeGen checkpoint into our pytree, each leaf placed into its sharding as read.
+
+    With shardings and several processes, each process reads only the rows it needs where the
+    transform allows (see the module docstring). `source` may be passed to inspect `bytes_read`.
+    """
+    source = TensorSource(directory) if source is None else source
+    sliced = shardings is not None and jax.process_count() > 1
     entries = weight_map(config)
     expected = {e.hf_name for e in entries}
     unknown = [k for k in source.keys() if k not in expected and not k.endswith(IGNORED_SUFFIXES)]
@@ -154,10 +203,14 @@ def load_hf_params(
                 f"{source.file_of(entry.hf_name)}: tensor {entry.hf_name!r} has shape {list(shape)}, "
                 f"config.json implies {list(entry.hf_shape)}"
             )
-        array = entry.to_jax(source.read(entry.hf_name)).astype(dtype)
         sharding = None if shardings is None else _get(shardings, entry.path)
-        _set(params, entry.path, _place(np.ascontiguousarray(array), sharding))
-        del array
+        axis = leading_axis(entry) if sliced else None
+        if axis is not None:
+            _set(params, entry.path, _place_rows(source, entry, dtype, sharding, axis))
+        else:
+            array = entry.to_jax(source.read(entry.hf_name)).astype(dtype)
+            _set(params, entry.path, _place(np.ascontiguousarray(array), sharding))
+            del array
         if progress:
             progress(entry.hf_name)
     return params
@@ -166,15 +219,24 @@ def load_hf_params(
 def export_hf(
     params: Any, config: CodeGenConfig, out_dir: str | pathlib.Path, tokenizer_dir: str | pathlib.Path | None = None
 ) -> pathlib.Path:
-    """Write `config.json` + `model.safetensors` (+ tokenizer files) that transformers loads."""
+    """Write `config.json` + `model.safetensors` (+ tokenizer files) that transformers loads.
+
+    Multi-process: every process calls it (fetching a leaf that spans processes is collective),
+    one tensor at a time; only process 0 writes."""
+    from ilf_jax.parallel.distributed import fetch as fetch_host
+
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(jnp.dtype(config.param_dtype))
+    if jax.process_index() != 0:
+        for entry in weight_map(config):  # take part in the collectives, in the writer's order
+            fetch_host(_get(params, entry.path))
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def tensors() -> Iterator:
         for entry in weight_map(config):
             leaf = _get(params, entry.path)
-            fetch = lambda leaf=leaf, entry=entry: entry.to_hf(np.asarray(jax.device_get(leaf)))  # noqa: E731
+            fetch = lambda leaf=leaf, entry=entry: entry.to_hf(fetch_host(leaf))  # noqa: E731
             yield entry.hf_name, entry.hf_shape, dtype, fetch
 
     write_safetensors(out_dir / "model.safetensors", tensors(), metadata={"format": "pt"})

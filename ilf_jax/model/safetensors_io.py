@@ -77,6 +77,16 @@ class SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         """The tensor's data, freshly read into its own buffer."""
         dtype, shape, begin, end = self._entries[name]
+        return self._pread(name, begin, end).reshape(shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the tensor's leading axis (one contiguous byte range)."""
+        dtype, shape, begin, end = self._entries[name]
+        row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        return self._pread(name, begin + start * row, begin + stop * row).reshape((stop - start, *shape[1:]))
+
+    def _pread(self, name: str, begin: int, end: int) -> np.ndarray:
+        dtype = self._entries[name][0]
         buf = bytearray(end - begin)
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -88,7 +98,7 @@ class SafetensorsFile:
                 done += got
         finally:
             os.close(fd)
-        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        return np.frombuffer(buf, dtype=dtype)
 
 
 def write_safetensors(

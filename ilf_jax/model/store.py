@@ -76,14 +76,18 @@ def load_model(
 def save_model(
     directory: str | pathlib.Path, config: CodeGenConfig, params: Any, tokenizer_dir: str | pathlib.Path | None = None
 ) -> pathlib.Path:
-    """Write config.json (HF format), our numerics, tokenizer files and Orbax params to `directory`."""
+    """Write config.json (HF format), our numerics, tokenizer files and Orbax params to `directory`.
+
+    Multi-process: every process calls it (Orbax writes each process's shards); only process 0
+    writes the small files."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
-    meta = {"dtype": config.dtype, "param_dtype": config.param_dtype}
-    (directory / ILF_META).write_text(json.dumps(meta) + "\n")
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, directory)
+    if jax.process_index() == 0:
+        (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+        meta = {"dtype": config.dtype, "param_dtype": config.param_dtype}
+        (directory / ILF_META).write_text(json.dumps(meta) + "\n")
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, directory)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(directory / PARAMS_DIR, params, force=True)
         ckpt.wait_until_finished()

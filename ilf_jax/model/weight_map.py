@@ -38,6 +38,16 @@ def _transpose(x: np.ndarray) -> np.ndarray:
     return x.T
 
 
+def leading_axis(entry: Entry) -> int | None:
+    """Which of our array's axes is the HF tensor's leading axis, for entries whose transform
+    commutes with slicing that axis (plain and transposed); None for the reshuffled ones (qkv, out)."""
+    if entry.to_jax is _same:
+        return 0
+    if entry.to_jax is _transpose and len(entry.hf_shape) == 2:
+        return 1
+    return None
+
+
 def _qkv_entries(cfg: CodeGenConfig) -> tuple[Callable, Callable]:
     e, h, d = cfg.n_embd, cfg.n_head, cfg.head_dim
     per_block = h // MP_NUM

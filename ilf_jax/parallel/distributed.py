@@ -69,6 +69,57 @@ def global_array(local: np.ndarray, sharding: Sharding, global_shape: Sequence[i
     return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
 
 
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Place a pytree (host arrays or jax.Arrays) into `shardings`; `shardings` may be one Sharding.
+
+    One process: `jax.device_put`. Several: jax.Arrays that already span the mesh are resharded
+    by `device_put`; host values (identical on every process) go through
+    `jax.make_array_from_callback`, so each process transfers only the slices its devices hold.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def put(x: Any, sharding: Sharding) -> jax.Array:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def fetch(tree: Any) -> Any:
+    """Host numpy copies of a pytree of (possibly multi-process) arrays; collective when arrays span
+    other processes (every process must call it, in the same order)."""
+    def get(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
+
+
+def local_rows(sharding: Sharding, global_shape: Sequence[int], axis: int = 0) -> range:
+    """The contiguous range of indices along `axis` that this process's devices hold."""
+    starts, stops = [], []
+    for index in sharding.addressable_devices_indices_map(tuple(global_shape)).values():
+        sl = index[axis] if index else slice(None)
+        start, stop, _ = sl.indices(global_shape[axis])
+        starts.append(start)
+        stops.append(stop)
+    rows = range(min(starts), max(stops))
+    covered = set()
+    for a, b in zip(starts, stops):
+        covered.update(range(a, b))
+    if len(covered) != len(rows):
+        raise ValueError(f"this process's rows along axis {axis} are not contiguous; use a mesh whose batch axes follow process order")
+    return rows
+
+
 def allgather_objects(obj: Any) -> list[Any]:
     """Every process's `obj`, in process order (pickled; for modest host-side records)."""
     if jax.process_count() == 1:

@@ -4,6 +4,10 @@ A stage's identity hashes its name, the config values it depends on, the fingerp
 external files it reads and the identities of the stages it reads from. Its folder holds
 `stage.json` ({identity, done, summary}). Running a plan: a done stage with the same identity
 is skipped; a stage with another identity is wiped and rerun; an unfinished one resumes.
+
+Multi-process runs: every process runs every stage (sampling and training are SPMD programs);
+they agree on whether a stage is done before it starts, only process 0 sets up and writes the
+stage folder, and all wait at a barrier before the next stage reads its outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from ilf_jax.errors import IlfError
-from ilf_jax.pipeline.records import atomic_write_json, read_json
+from ilf_jax.pipeline.records import atomic_write_json, is_writer, read_json
 
 STATE = "stage.json"
 
@@ -86,25 +90,50 @@ def run_stage(stage: Stage, run_dir: pathlib.Path, ids: Mapping[str, str], resou
     ident = ids[stage.name]
     sdir = stage_dir(run_dir, stage.name)
     state = read_state(run_dir, stage.name)
-    if state and state.get("done") and state.get("identity") == ident:
+    if _agree(stage.name, bool(state and state.get("done") and state.get("identity") == ident)):
         return state
     for dep in stage.deps:
         if not is_done(run_dir, dep, ids[dep]):
             raise IlfError(f"stage {stage.name}: stage {dep} is not done (run `ilf run` or that stage first)")
-    if state is None or state.get("identity") != ident:
+    if (state is None or state.get("identity") != ident) and is_writer():
         if sdir.exists():
             shutil.rmtree(sdir)
         sdir.mkdir(parents=True)
         atomic_write_json(sdir / STATE, {"identity": ident, "done": False, "name": stage.name})
+    _barrier(f"start:{stage.name}")
     t0 = time.time()
     ctx = StageContext(stage, sdir, {d: stage_dir(run_dir, d) for d in stage.deps}, resources)
     summary = stage.fn(ctx)
     state = {"identity": ident, "done": True, "name": stage.name, "summary": summary,
              "seconds": round(time.time() - t0, 3)}
     atomic_write_json(sdir / STATE, state)
+    _agree(stage.name, True)  # every process finished the stage and process 0 wrote it
     if on_done is not None:
         on_done(stage, state)
     return state
+
+
+def _multiprocess() -> bool:
+    import sys
+
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.process_count() > 1
+
+
+def _agree(name: str, done: bool) -> bool:
+    """`done`, checked to be the same on every process (which also waits for all of them)."""
+    if not _multiprocess():
+        return done
+    from ilf_jax.parallel.distributed import agree
+
+    return agree({"stage": name, "done": done})["done"]
+
+
+def _barrier(name: str) -> None:
+    if _multiprocess():
+        from ilf_jax.parallel.distributed import barrier
+
+        barrier(name)
 
 
 def status(plan: Sequence[Stage], run_dir: pathlib.Path, ids: Mapping[str, str]) -> list[tuple[str, str]]:

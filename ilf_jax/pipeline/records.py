@@ -4,6 +4,10 @@ A stage appends records to `NAME.partial.jsonl` as they finish (flushed and fsyn
 can leave at most a torn last line, which the next open cuts off. When the stage is complete,
 `finalize` writes `NAME.jsonl` once, sorted by key, so that the final file does not depend on
 where (or whether) the run was interrupted.
+
+Multi-process runs: every process computes the same records, but only the main process (JAX
+process 0) writes; the others keep their records in memory and read what process 0 wrote once
+the stage's barrier has passed (the run directory must be on a file system all hosts share).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import tempfile
 from typing import Any, Callable, Hashable, Iterable
 
@@ -19,8 +24,17 @@ from ilf_jax.pipeline import faults
 Key = Callable[[dict[str, Any]], Hashable]
 
 
+def is_writer() -> bool:
+    """True unless this is a non-main process of a multi-process JAX run (jax is not imported here)."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
+    """Write `text` to `path` via a temporary file in the same folder and an atomic rename
+    (a no-op on the non-main processes of a multi-process run)."""
+    if not is_writer():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -60,6 +74,7 @@ class RecordLog:
     def __init__(self, path: pathlib.Path, key: Key, stage: str):
         self.path, self.key, self.stage = path, key, stage
         self.records: dict[Hashable, dict[str, Any]] = {}
+        self.writer = is_writer()
         good = 0
         if path.is_file():
             data = path.read_bytes()
@@ -72,10 +87,10 @@ class RecordLog:
                     break
                 self.records.setdefault(key(rec), rec)
                 good += len(line)
-            if good != len(data):
+            if good != len(data) and self.writer:
                 with path.open("r+b") as f:
                     f.truncate(good)
-        self._file = path.open("a", encoding="utf-8")
+        self._file = path.open("a", encoding="utf-8") if self.writer else None
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.records
@@ -87,13 +102,16 @@ class RecordLog:
             return
         for r in new:
             self.records[self.key(r)] = r
+        if self._file is None:
+            return
         self._file.write("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in new))
         self._file.flush()
         os.fsync(self._file.fileno())
         faults.after_records(self.stage, len(self.records))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> RecordLog:
         return self

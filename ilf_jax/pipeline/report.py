@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ilf_jax.metrics import pass_at_k_table
 from ilf_jax.pipeline import steps
 from ilf_jax.pipeline.engine import STATE, StageContext
-from ilf_jax.pipeline.records import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+from ilf_jax.pipeline.records import atomic_write_json, atomic_write_text, is_writer, read_json, read_jsonl, write_jsonl
 
 REPORT, RESULTS, METRICS, PLOTS, TB = "report.md", "results.json", "metrics.jsonl", "plots", "tb"
 TABLE4_HEADER = "| method | feedback | fine-tuning data | pass@1 | pass@10 | 1+ correct | tasks |"
@@ -213,13 +213,15 @@ def report_stage(methods: Sequence[Any]) -> Callable[[StageContext], dict[str, A
         if "perplexity" in ctx.dep_dirs:
             for rec in read_jsonl(ctx.dep("perplexity") / steps.PERPLEXITY):
                 ppl.setdefault(rec["source"], []).append(rec["perplexity"])
-        _plots(run_dir / PLOTS, res, losses, ppl, ks)
+        if is_writer():
+            _plots(run_dir / PLOTS, res, losses, ppl, ks)
         atomic_write_json(run_dir / RESULTS, res)
         atomic_write_text(run_dir / REPORT, markdown(res))
         write_jsonl(run_dir / METRICS, [{"stage": name, **_summary(run_dir, name)} for name in sorted(ctx.dep_dirs)]
                     + [{"stage": "report", "method": r["name"], **{k: r.get(k) for k in [f"pass@{k}" for k in ks] + ["one_plus_correct"]}}
                        for r in res["table4"]])
-        _tensorboard(run_dir / TB, res, ks)
+        if is_writer():
+            _tensorboard(run_dir / TB, res, ks)
         return {"methods": len(res["table4"]), **{r["name"]: r.get("pass@1") for r in res["table4"]}}
     return run
 

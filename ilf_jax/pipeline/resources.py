@@ -40,11 +40,15 @@ class Resources:
         return pathlib.Path(model_dir)
 
     def mesh(self) -> Any:
-        """The sampling / evaluation mesh (None: the default device)."""
+        """The sampling / evaluation mesh (None: the default device; with several processes, a
+        mesh over every device with `make_mesh`'s default shape)."""
         shape = self.config["model"]["mesh"]
-        if shape is None:
-            return None
         from ilf_jax.parallel.mesh import make_mesh, parse_mesh
+
+        if shape is None:
+            import jax
+
+            return make_mesh() if jax.process_count() > 1 else None
 
         return make_mesh(parse_mesh(shape) if isinstance(shape, str) else tuple(shape))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Mapping
 
-from ilf_jax.pipeline.records import read_jsonl
+from ilf_jax.pipeline.records import is_writer, read_jsonl
 
 _OPT_STR = (str, type(None))
 
@@ -40,7 +40,10 @@ def check_record(rec: Mapping[str, Any], kind: str, where: str) -> None:
 
 
 def check_file(path: pathlib.Path, kind: str) -> int:
-    """Check every record of a JSONL output file; returns the record count."""
+    """Check every record of a JSONL output file; returns the record count (-1 on a non-main
+    process of a multi-process run, which does not write the file)."""
+    if not is_writer():
+        return -1
     records = read_jsonl(path)
     for i, rec in enumerate(records, 1):
         check_record(rec, kind, f"{path}: record {i}")

@@ -4,6 +4,11 @@ Each takes a StageContext, reads its inputs from files (its dependencies' folder
 inputs) and writes its outputs under `ctx.dir`. Record stages append to a RecordLog as work
 finishes and skip keys already there, so a killed stage resumes without losing or repeating
 work; samples are keyed by task id (the sampler's key id), so a resumed stage draws the same ones.
+
+Multi-process runs: every process runs every stage. Sampling and training are collective (SPMD)
+calls; program execution is split: each process runs its share of the programs on its own CPUs
+and the verdicts are merged with `allgather_objects`, so every sample gets exactly one verdict.
+Only process 0 writes files (see `records`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from ilf_jax.data.annotations import keep_annotation, levenshtein
 from ilf_jax.errors import IlfError
 from ilf_jax.pipeline import faults, schema, texts
 from ilf_jax.pipeline.engine import StageContext
-from ilf_jax.pipeline.records import RecordLog, atomic_write_json, read_json, read_jsonl, write_jsonl
+from ilf_jax.pipeline.records import RecordLog, atomic_write_json, is_writer, read_json, read_jsonl, write_jsonl
 from ilf_jax.pipeline.sources import import_callable
 
 SAMPLES, VERDICTS, FAILURES, REFINE_DATA, FEEDBACK, SELECTED, PERPLEXITY = (
@@ -24,6 +29,32 @@ SAMPLES, VERDICTS, FAILURES, REFINE_DATA, FEEDBACK, SELECTED, PERPLEXITY = (
 TRAIN_DIR = "train"
 MODEL_POINTER = "model.json"
 _EXEC_FLUSH = 8  # results appended per fsync
+_EXEC_ROUND = 32  # programs per process between merges, in multi-process runs
+
+
+def _processes() -> int:
+    import sys
+
+    jax = sys.modules.get("jax")
+    return 1 if jax is None else jax.process_count()
+
+
+def _agreed(value: Any) -> Any:
+    """`value`, checked to be the same on every process of a multi-process run."""
+    if _processes() == 1:
+        return value
+    from ilf_jax.parallel.distributed import agree
+
+    return agree(value)
+
+
+def _run_shared(ex: Any, jobs: Sequence[Any]) -> list[Any]:
+    """Results of `jobs` in order: each process runs its share on its own CPUs, then all merge."""
+    from ilf_jax.parallel.distributed import allgather_objects, process_share
+
+    share = process_share(len(jobs))
+    mine = ex.run([jobs[i] for i in share])
+    return [r for part in allgather_objects(mine) for r in part]
 
 
 def _by_sample(rec: dict[str, Any]) -> tuple[int, int]:
@@ -37,7 +68,7 @@ def _by_task(rec: dict[str, Any]) -> int:
 def _bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True, disable=not enabled)
+    return tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True, disable=not enabled or _processes() > 1 and not is_writer())
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -56,6 +87,7 @@ def sample_prompts(ctx: StageContext, model_dir: pathlib.Path, prompts: Sequence
     n = cfg.n
     with RecordLog(ctx.dir / partial, _by_sample, ctx.stage.name) as log:
         todo = [(tid, p) for tid, p in prompts if any((tid, s) not in log for s in range(n))]
+        _agreed([tid for tid, _ in todo])
         if todo:
             sampler = ctx.resources.sampler(model_dir)
             done_rows = (len(prompts) - len(todo)) * n
@@ -93,7 +125,19 @@ def execute_stage(samples_from: str) -> Callable[[StageContext], dict[str, Any]]
         samples = read_jsonl(ctx.dep(samples_from) / SAMPLES)
         with RecordLog(ctx.dir / "verdicts.partial.jsonl", _by_sample, ctx.stage.name) as log:
             todo = [s for s in samples if _by_sample(s) not in log]
-            if todo:
+            _agreed([_by_sample(s) for s in todo])
+            if todo and _processes() > 1:
+                jobs = [job_for_program(res.task(s["task_id"]), texts.program_of(res.task(s["task_id"]), s["completion"]),
+                                        f"{s['task_id']}/{s['sample']}") for s in todo]
+                ex_cfg = res.config["executor"]
+                with Executor(ex_cfg["workers"], ex_cfg["timeout"]) as ex, \
+                        _bar(res.progress, len(samples), len(samples) - len(todo), ctx.stage.name) as bar:
+                    for batch in _chunks(jobs, _EXEC_ROUND * _processes()):
+                        results = _run_shared(ex, batch)
+                        log.append([{"task_id": int(r.id.split("/")[0]), "sample": int(r.id.split("/")[1]),
+                                     "verdict": r.verdict, "passed": r.passed, "error": r.error} for r in results])
+                        bar.update(len(results))
+            elif todo:
                 jobs = [job_for_program(res.task(s["task_id"]), texts.program_of(res.task(s["task_id"]), s["completion"]),
                                         f"{s['task_id']}/{s['sample']}") for s in todo]
                 ex_cfg = res.config["executor"]
@@ -125,7 +169,7 @@ def run_programs(ctx: StageContext, programs: Sequence[tuple[str, int, str]]) ->
     ex_cfg = ctx.resources.config["executor"]
     jobs = [job_for_program(ctx.resources.task(tid), prog, pid) for pid, tid, prog in programs]
     with Executor(ex_cfg["workers"], ex_cfg["timeout"]) as ex:
-        return {r.id: r for r in ex.run(jobs)}
+        return {r.id: r for r in (ex.run(jobs) if _processes() == 1 else _run_shared(ex, jobs))}
 
 
 # -- Algorithm 1, steps 1-3 -------------------------------------------------------------------------

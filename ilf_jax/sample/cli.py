@@ -83,6 +83,10 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
+    from ilf_jax.pipeline.records import is_writer
+
+    if not is_writer():  # multi-process: only process 0 writes
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -90,6 +94,8 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
 
 def _resume(out: pathlib.Path, settings: dict, n: int) -> set[str]:
     """Ids already complete in `out`; rewrites `out` (atomically) to hold only complete ids."""
+    from ilf_jax.pipeline.records import is_writer
+
     meta = out.with_name(out.name + META_SUFFIX)
     if meta.is_file():
         old = json.loads(meta.read_text())
@@ -100,7 +106,8 @@ def _resume(out: pathlib.Path, settings: dict, n: int) -> set[str]:
         raise IlfError(f"{out}: exists without {meta.name}; it was not written by `ilf sample` (delete it to start over)")
     _atomic_write(meta, json.dumps(settings, indent=2) + "\n")
     if not out.exists():
-        out.touch()
+        if is_writer():
+            out.touch()
         return set()
     groups: dict[str, list[str]] = {}
     samples: dict[str, set[int]] = {}
@@ -139,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _resume(out, _settings(args), cfg.n)
     todo = [(i, pid, p) for i, (pid, p) in enumerate(prompts) if json.dumps(pid) not in done]
+    from ilf_jax.pipeline.records import is_writer
+
+    if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:
+        from ilf_jax.parallel.distributed import agree
+
+        agree([i for i, _, _ in todo])  # every process samples the same prompts (an SPMD call)
     print(f"ilf sample: {len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to sample", file=sys.stderr)
     if not todo:
         return 0
@@ -153,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     # Groups of prompts that fill a few device batches; each group is appended and flushed.
     group = max(1, (4 * cfg.batch_size) // cfg.n)
     start_time, rows = time.time(), 0
-    with out.open("a", encoding="utf-8") as f:
+    with (out.open("a", encoding="utf-8") if is_writer() else open(os.devnull, "w")) as f:
         for g in range(0, len(todo), group):
             part = todo[g : g + group]
             completions = sampler.sample([p for _, _, p in part], cfg, key_ids=[i for i, _, _ in part])

@@ -10,6 +10,11 @@ Prompts longer than `n_positions - max_new_tokens` tokens are truncated from the
 reference sampler did, with `truncation_side="left"`), with a logged warning; the indices of
 the truncated prompts are in `Sampler.truncated` after each call.
 
+Multi-process (one process per host, a mesh over every process's devices): `sample` is an SPMD
+call that every process makes with the same prompts. Each process tokenizes and decodes only its
+share of the prompts (merged with `allgather_objects`), builds the same host batches, places them
+as global arrays, and gets every completion back.
+
 The returned text is the generated text (EOS and everything after it included when decoded)
 cut by `ilf_jax.data.formats.truncate_completion`, i.e. exactly the paper's program body;
 the on-device stop rule only ends generation early and never before that cut.
@@ -29,6 +34,7 @@ from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
 from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.parallel.distributed import allgather_objects, fetch, process_share, put_global
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, batch_sharding, constrainer, param_shardings, replicated
 from ilf_jax.sample import decode
 from ilf_jax.sample.policy import Policy
@@ -125,13 +131,13 @@ class Sampler:
     ):
         self.config, self.tokenizer, self.mesh, self.rules, self.debug = config, tokenizer, mesh, rules, debug
         if mesh is not None:
-            params = jax.device_put(params, param_shardings(config, mesh, rules))
+            params = put_global(params, param_shardings(config, mesh, rules))
         self.params = params
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_id = int(config.eos_token_id if eos is None else eos)
         self.pad_id = self.eos_id
         tables = StopTables.from_tokenizer(tokenizer, config.vocab_size).device()
-        self.tables = tables if mesh is None else jax.device_put(tables, replicated(mesh))
+        self.tables = tables if mesh is None else put_global(tables, replicated(mesh))
         self._fns: dict[tuple, Callable] = {}
         self.truncated: list[int] = []
 
@@ -197,7 +203,7 @@ class Sampler:
     def encode(self, prompts: Sequence[str], cfg: SamplingConfig) -> list[list[int]]:
         """Token ids of each prompt, truncated from the left to fit the context (indices in `self.truncated`)."""
         limit = self.max_prompt_len(cfg)
-        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        ids = self._tokenize(list(prompts))
         self.truncated = [i for i, t in enumerate(ids) if len(t) > limit]
         if self.truncated:
             log.warning("%d prompt(s) longer than %d tokens were truncated from the left: indices %s", len(self.truncated), limit, self.truncated[:10])
@@ -207,6 +213,18 @@ class Sampler:
                 raise IlfError("an empty prompt cannot be sampled from (it has no tokens)")
             out.append(list(t[-limit:]))
         return out
+
+    @property
+    def _multiprocess(self) -> bool:
+        return self.mesh is not None and jax.process_count() > 1
+
+    def _tokenize(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of `prompts`; with several processes each tokenizes its share, then all merge."""
+        if not self._multiprocess:
+            return self.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+        share = process_share(len(prompts))
+        mine = self.tokenizer(prompts[share.start : share.stop], add_special_tokens=False)["input_ids"] if len(share) else []
+        return [list(t) for part in allgather_objects([list(t) for t in mine]) for t in part]
 
     def _bucket(self, length: int, cfg: SamplingConfig) -> int:
         limit = self.max_prompt_len(cfg)
@@ -261,7 +279,11 @@ class Sampler:
         seed = np.uint32(seed % (1 << 32))
         if not self.debug:
             fn = self._generate_fn(st, *tokens.shape)
-            out, num, reason = fn(self.params, tokens, valid, kid, smp, seed, self.tables)
+            args = (tokens, valid, kid, smp, seed)
+            if self._multiprocess:  # global arrays from the (identical) host batch of every process
+                sh = self._shardings()
+                args = put_global(args, (sh["b2"], sh["b2"], sh["b1"], sh["b1"], sh["rep"]))
+            out, num, reason = fetch(fn(self.params, *args, self.tables))
         else:
             keys_fn, prefill_fn, step_fn = self._debug_fns(st)
             keys = keys_fn(seed, kid, smp)
@@ -291,7 +313,12 @@ class Sampler:
         get the same samples when a prompt list is split or resumed.
         """
         rows = self.generate_tokens(self.encode(prompts, cfg), cfg, key_ids=key_ids, progress=progress)
-        return [Completion(r.prompt_index, r.sample, self.decode_text(r.tokens), r.finish_reason, int(len(r.tokens))) for r in rows]
+        if self._multiprocess:  # each process decodes its share of the rows
+            share = process_share(len(rows))
+            texts = [t for part in allgather_objects([self.decode_text(rows[i].tokens) for i in share]) for t in part]
+        else:
+            texts = [self.decode_text(r.tokens) for r in rows]
+        return [Completion(r.prompt_index, r.sample, t, r.finish_reason, int(len(r.tokens))) for r, t in zip(rows, texts)]
 
 
 def sample(

@@ -159,13 +159,20 @@ def make_batch(encoded: Sequence[Encoded], indices: Iterable[int], rows: int, le
 
 
 def step_batch(
-    encoded: Sequence[Encoded], indices: np.ndarray, batch_size: int, accum: int, length_multiple: int, max_length: int
+    encoded: Sequence[Encoded], indices: np.ndarray, batch_size: int, accum: int, length_multiple: int, max_length: int,
+    rows: range | None = None,
 ) -> dict[str, np.ndarray]:
-    """One optimizer step's batch, shaped [accum, batch_size // accum, T]."""
+    """One optimizer step's batch, shaped [accum, batch_size // accum, T]; with `rows`, only those
+    rows of every micro-batch ([accum, len(rows), T]: one process's part of the global batch)."""
     longest = max(encoded[i].length - 1 for i in indices)
     t = padded_length(longest, length_multiple, max_length)
-    flat = make_batch(encoded, indices, batch_size, t)
-    return {k: v.reshape(accum, batch_size // accum, t) for k, v in flat.items()}
+    per = batch_size // accum
+    if rows is None:
+        flat = make_batch(encoded, indices, batch_size, t)
+        return {k: v.reshape(accum, per, t) for k, v in flat.items()}
+    idx = list(indices)
+    parts = [make_batch(encoded, idx[m * per + rows.start : m * per + rows.stop], len(rows), t) for m in range(accum)]
+    return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[Example]:

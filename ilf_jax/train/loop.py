@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from ilf_jax.errors import IlfError
 from ilf_jax.model.codegen import init_params as random_params
 from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
 from ilf_jax.parallel.mesh import make_mesh
 from ilf_jax.parallel.sharding import param_shardings
 from ilf_jax.train import data as data_lib
@@ -86,7 +87,7 @@ def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: M
         return init(jax.random.key(cfg.seed))
     else:
         _, params = load_model(model, mesh, dtype=config.dtype, param_dtype="float32", remat=config.remat)
-    return jax.device_put(jax.tree.map(lambda p: p.astype("float32"), params), shardings)
+    return put_global(jax.tree.map(lambda p: p.astype("float32"), params), shardings)
 
 
 def mesh_for(shape: Sequence[int]) -> Mesh:
@@ -94,6 +95,9 @@ def mesh_for(shape: Sequence[int]) -> Mesh:
     the first devices only (e.g. (1, 1, 1) on a host with 8)."""
     devices = jax.devices()
     if -1 not in shape and 0 < math.prod(shape) < len(devices):
+        if jax.process_count() > 1:
+            raise IlfError(f"mesh {tuple(shape)} uses {math.prod(shape)} of {len(devices)} devices; "
+                           "a multi-process run needs a mesh over every device (e.g. a -1 size)")
         devices = devices[: math.prod(shape)]
     return make_mesh(shape, devices)
 
@@ -101,6 +105,15 @@ def mesh_for(shape: Sequence[int]) -> Mesh:
 def _put_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[str, jax.Array]:
     # Every host builds the same global batch; each device takes its slice (works multi-host).
     return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx]) for k, v in batch.items()}
+
+
+def _encode(tok: Any, examples: list[Example], cfg: TrainConfig) -> list[data_lib.Encoded]:
+    """Tokenized examples; with several processes each tokenizes its share, then all merge."""
+    if jax.process_count() == 1:
+        return data_lib.encode_examples(tok, examples, cfg.max_length, cfg.max_target_length)
+    share = process_share(len(examples))
+    mine = data_lib.encode_examples(tok, examples[share.start : share.stop], cfg.max_length, cfg.max_target_length)
+    return [e for part in allgather_objects(mine) for e in part]
 
 
 class _Logger:
@@ -177,7 +190,7 @@ def train(
     if mesh is None:
         mesh = mesh_for(cfg.mesh)
 
-    encoded = data_lib.encode_examples(tok, list(examples), cfg.max_length, cfg.max_target_length)
+    encoded = _encode(tok, list(examples), cfg)
     fp = data_lib.fingerprint(encoded)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     rows = cfg.micro_batch_size * dp
@@ -212,6 +225,8 @@ def train(
 
     step_fn = make_train_step(config, tx, mesh, shardings, schedule)
     bshard = batch_shardings(mesh)
+    # Several processes: each builds only its rows of every global batch.
+    my_rows = None if jax.process_count() == 1 else local_rows(bshard["tokens"], (accum, rows, 1), axis=1)
     lengths = [e.length for e in encoded]
     logger = _Logger(out_dir, start, is_host0)
     end = total if stop_after is None else min(total, stop_after)
@@ -231,9 +246,14 @@ def train(
             if epoch not in orders:
                 orders = {epoch: data_lib.epoch_steps(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)}
             idx = orders[epoch][pos]
-            host = data_lib.step_batch(encoded, idx, cfg.batch_size, accum, cfg.length_multiple, cfg.max_length)
-            n_tok = int(host["valid"].sum())
-            state, metrics = step_fn(state, _put_batch(host, bshard))
+            host = data_lib.step_batch(encoded, idx, cfg.batch_size, accum, cfg.length_multiple, cfg.max_length, my_rows)
+            t = host["tokens"].shape[-1]
+            n_tok = int(sum(min(encoded[i].length - 1, t) for i in idx))
+            if my_rows is None:
+                batch = _put_batch(host, bshard)
+            else:
+                batch = {k: global_array(v, bshard[k], (accum, rows, t)) for k, v in host.items()}
+            state, metrics = step_fn(state, batch)
             tokens_since += n_tok
             all_tokens += n_tok
             pending.append((s + 1, epoch, metrics))
@@ -294,6 +314,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
             "config": cfg.to_dict(),
         }
         (out_dir / SUMMARY).write_text(json.dumps(rec, indent=2) + "\n")
+    barrier("train_finish")
 
 
 def _result(out_dir: pathlib.Path, cfg: TrainConfig, steps: int, total: int) -> TrainResult:
@@ -343,7 +364,7 @@ def evaluate(
             from ilf_jax.parallel.sharding import batch_sharding
 
             batch = _put_batch(batch, {k: batch_sharding(mesh, 2) for k in batch})
-        sums, counts = jax.device_get(run(params, batch))
+        sums, counts = fetch(run(params, batch))
         for r, j in enumerate(idx):
             out[j] = sums[r] / counts[r] if counts[r] > 0 else math.nan
     return [float(x) for x in out]

@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from ilf_jax.model.codegen import abstract_params
 from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.parallel.distributed import put_global
 from ilf_jax.parallel.sharding import param_shardings, replicated
 
 
@@ -51,6 +52,6 @@ def abstract_state(config: CodeGenConfig, tx: optax.GradientTransformation, mesh
 
 def init_state(params: Any, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
     """A fresh state (step 0, zero moments) laid out in `shardings`; params are placed first."""
-    params = jax.device_put(params, shardings.params)
+    params = put_global(params, shardings.params)
     make = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), out_shardings=shardings)
     return make(params)
