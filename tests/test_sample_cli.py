@@ -55,7 +55,7 @@ def test_sample_cli_bad_input(model_dir, tmp_path, capsys):
     prompts.write_text('{"id": 1, "prompt": "def f():\\n"}\n{"id": 2}\n')
     assert main(_args(model_dir, prompts, tmp_path / "o.jsonl")) == 2
     err = capsys.readouterr().err
-    assert f"{prompts}:2: field 'prompt'" in err and len(err.strip().splitlines()) == 1
+    assert f"{prompts}: line 2: field 'prompt'" in err and len(err.strip().splitlines()) == 1
     prompts.write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n')
     assert main(_args(model_dir, prompts, tmp_path / "o.jsonl")) == 2
     assert "repeats an earlier id" in capsys.readouterr().err

@@ -85,5 +85,5 @@ def test_read_jsonl(tmp_path):
     path.write_text(json.dumps({"prompt": "a", "completion": "b", "truncatable": "old"}) + "\n\n" + json.dumps({"prompt": "c", "completion": "d"}) + "\n")
     assert read_jsonl(path) == [Example("a", "b", truncatable="old"), Example("c", "d")]
     path.write_text(json.dumps({"prompt": "a"}) + "\n")
-    with pytest.raises(IlfError, match=r"d.jsonl:1: field 'completion'"):
+    with pytest.raises(IlfError, match=r"d.jsonl: line 1: field 'completion'"):
         read_jsonl(path)

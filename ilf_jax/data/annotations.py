@@ -8,15 +8,14 @@ the evaluation tasks by accident.
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any, Collection
 
 from ilf_jax.data.splits import SPLITS, split_of
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import read_objects
 
 REQUIRED = ("task_id", "prompt", "test", "Feedback", "unedited_annotator_completion", "original_model_completion")
 OPTIONAL = ("completion", "result", "passed", "refinement_edit_distance", "worker_id")
@@ -47,28 +46,16 @@ class AnnotationSet:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     """Raw rows of a JSONL or CSV file (by extension), with IlfErrors naming the line."""
+    if path.suffix.lower() != ".csv":
+        return [rec for _, rec in read_objects(path, label="row")]
     try:
         with path.open(encoding="utf-8", newline="") as f:
-            text = f.read()
+            rows = list(csv.DictReader(f))
     except OSError as e:
         raise IlfError(f"{path}: cannot read: {e.strerror}") from None
-    if path.suffix.lower() == ".csv":
-        try:
-            rows = list(csv.DictReader(io.StringIO(text, newline="")))
-        except csv.Error as e:
-            raise IlfError(f"{path}: invalid CSV: {e}") from None
-        return [{k: (None if v == "" and k in OPTIONAL else v) for k, v in r.items()} for r in rows]
-    rows = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IlfError(f"{path}: row {n}: invalid JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise IlfError(f"{path}: row {n}: expected a JSON object")
-            rows.append(rec)
-    return rows
+    except csv.Error as e:
+        raise IlfError(f"{path}: invalid CSV: {e}") from None
+    return [{k: (None if v == "" and k in OPTIONAL else v) for k, v in r.items()} for r in rows]
 
 
 def _row(rec: dict[str, Any], where: str, csv_like: bool) -> Annotation:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import read_objects
 from ilf_jax.execute.job import Job
 from ilf_jax.execute.pool import Executor
 
@@ -36,14 +37,8 @@ def _str_field(rec: dict[str, Any], field: str, where: str, required: bool = Tru
     return rec[field]
 
 
-def parse_job(line: str, where: str) -> Job:
-    """One input line as a Job (strictly validated)."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise IlfError(f"{where}: invalid JSON: {e.msg}") from None
-    if not isinstance(rec, dict):
-        raise IlfError(f"{where}: expected a JSON object")
+def parse_job(rec: dict[str, Any], where: str) -> Job:
+    """One input record as a Job (strictly validated)."""
     job_id = rec.get("id")
     if isinstance(job_id, int) and not isinstance(job_id, bool):
         job_id = str(job_id)
@@ -63,18 +58,13 @@ def parse_job(line: str, where: str) -> Job:
 
 def read_jobs(path: Path) -> list[Job]:
     """All jobs of an input file; ids must be unique."""
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except OSError as e:
-        raise IlfError(f"{path}: cannot read: {e.strerror}") from None
     jobs, seen = [], set()
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            job = parse_job(line, f"{path}: line {n}")
-            if job.id in seen:
-                raise IlfError(f"{path}: line {n}: duplicate id {job.id!r}")
-            seen.add(job.id)
-            jobs.append(job)
+    for where, rec in read_objects(path):
+        job = parse_job(rec, where)
+        if job.id in seen:
+            raise IlfError(f"{where}: duplicate id {job.id!r}")
+        seen.add(job.id)
+        jobs.append(job)
     return jobs
 
 

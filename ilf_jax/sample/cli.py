@@ -21,6 +21,7 @@ import sys
 import time
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import read_objects
 
 META_SUFFIX = ".meta.json"
 
@@ -43,28 +44,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_prompts(path: pathlib.Path) -> list[tuple[str | int, str]]:
     """(id, prompt) per line; an id is a string or an integer, unique in the file."""
-    if not path.is_file():
-        raise IlfError(f"{path}: prompts file not found")
     out, seen = [], set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IlfError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise IlfError(f"{path}:{lineno}: expected a JSON object")
-            if "id" not in rec or not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool):
-                raise IlfError(f"{path}:{lineno}: field 'id' missing or not a string/integer")
-            if not isinstance(rec.get("prompt"), str) or not rec["prompt"]:
-                raise IlfError(f"{path}:{lineno}: field 'prompt' missing, empty or not a string")
-            key = json.dumps(rec["id"])
-            if key in seen:
-                raise IlfError(f"{path}:{lineno}: field 'id' {rec['id']!r} repeats an earlier id")
-            seen.add(key)
-            out.append((rec["id"], rec["prompt"]))
+    for where, rec in read_objects(path):
+        if "id" not in rec or not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool):
+            raise IlfError(f"{where}: field 'id' missing or not a string/integer")
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"]:
+            raise IlfError(f"{where}: field 'prompt' missing, empty or not a string")
+        key = json.dumps(rec["id"])
+        if key in seen:
+            raise IlfError(f"{where}: field 'id' {rec['id']!r} repeats an earlier id")
+        seen.add(key)
+        out.append((rec["id"], rec["prompt"]))
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import pathlib
 from typing import Any, Iterable, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import read_objects
 
 GROUP_WINDOW = 16  # steps per length-sorting window
 
@@ -177,28 +177,16 @@ def step_batch(
 
 def read_jsonl(path: str | pathlib.Path) -> list[Example]:
     """Examples from a JSONL file of {"prompt", "completion"[, "truncatable", "prefix"]} records."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise IlfError(f"{path}: data file not found")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IlfError(f"{path}:{lineno}: invalid JSON: {e}") from None
-            if not isinstance(rec, dict):
-                raise IlfError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("prompt", "completion"):
-                if not isinstance(rec.get(key), str):
-                    raise IlfError(f"{path}:{lineno}: field {key!r} missing or not a string")
-            extra = {k: rec.get(k, "") for k in ("truncatable", "prefix")}
-            for k, v in extra.items():
-                if not isinstance(v, str):
-                    raise IlfError(f"{path}:{lineno}: field {k!r} is not a string")
-            out.append(Example(rec["prompt"], rec["completion"], **extra))
+    for where, rec in read_objects(path):
+        for key in ("prompt", "completion"):
+            if not isinstance(rec.get(key), str):
+                raise IlfError(f"{where}: field {key!r} missing or not a string")
+        extra = {k: rec.get(k, "") for k in ("truncatable", "prefix")}
+        for k, v in extra.items():
+            if not isinstance(v, str):
+                raise IlfError(f"{where}: field {k!r} is not a string")
+        out.append(Example(rec["prompt"], rec["completion"], **extra))
     if not out:
         raise IlfError(f"{path}: no records")
     return out
