@@ -20,12 +20,8 @@ CONFIG_NAME = "demo.yaml"
 
 
 def default_config() -> pathlib.Path:
-    """configs/demo.yaml of the source tree (editable install), else the copy shipped in the package."""
-    here = pathlib.Path(__file__).resolve()
-    for candidate in (here.parents[2] / "configs" / CONFIG_NAME, here.parent / CONFIG_NAME):
-        if candidate.is_file():
-            return candidate
-    return here.parents[2] / "configs" / CONFIG_NAME
+    """configs/demo.yaml of the source tree this package runs from (README installs it editable)."""
+    return pathlib.Path(__file__).resolve().parents[2] / "configs" / CONFIG_NAME
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
