@@ -107,10 +107,13 @@ def markdown(res: dict[str, Any]) -> str:
         note = " (no training data: base model)" if row["trained"] is False else ""
         lines.append(f"| {row['name']}{note} | {row['feedback']} | {row['data']} | {_pct(row.get('pass@1'))} | "
                      f"{_pct(row.get('pass@10'))} | {_pct(row['one_plus_correct'])} | {row['tasks']} |")
-    lines += ["", "## Table 2: few-shot refinement without fine-tuning (base model, train tasks with feedback)", "",
-              "| feedback | pass@1 | pass@10 | 1+ correct | tasks |", "|---|---|---|---|---|"]
-    for kind, row in res["table2"].items():
-        lines.append(f"| {kind} | {_pct(row.get('pass@1'))} | {_pct(row.get('pass@10'))} | {_pct(row['one_plus_correct'])} | {row['tasks']} |")
+    lines += ["", "## Table 2: few-shot refinement without fine-tuning (base model, train tasks with feedback)", ""]
+    if res["table2"]:
+        lines += ["| feedback | pass@1 | pass@10 | 1+ correct | tasks |", "|---|---|---|---|---|"]
+        for kind, row in res["table2"].items():
+            lines.append(f"| {kind} | {_pct(row.get('pass@1'))} | {_pct(row.get('pass@10'))} | {_pct(row['one_plus_correct'])} | {row['tasks']} |")
+    else:
+        lines.append("Not run (add `fewshot_refine` to `baselines`).")
     lines += ["", "## Table 3: pi_Refine on the train tasks, and the base model on the collection splits", "",
               "| round | model | pass@1 | pass@10 | 1+ correct | tasks |", "|---|---|---|---|---|---|"]
     for rnd in res["table3"]:
