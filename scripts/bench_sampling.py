@@ -18,30 +18,17 @@ import os
 import tempfile
 import time
 
-
-def _matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+from bench_common import matmul_peak
 
 
 def _flops(cfg, batch: int, prompt: int, new: int) -> float:
-    """Matmul FLOPs we execute: prefill (logits at every prompt position, as `forward` computes them) + decode,
+    """Matmul FLOPs we execute: prefill (blocks at every prompt position, logits at the last) + decode,
     2 per multiply-add, decode attention over all cache slots it reads."""
     d, layers, v = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
     inner = cfg.get("n_inner") or 4 * d
-    per_token = 2 * layers * (4 * d * d + 2 * d * inner) + 2 * d * v
-    prefill = batch * prompt * per_token + batch * layers * 4 * prompt * prompt * d / 2
+    blocks = 2 * layers * (4 * d * d + 2 * d * inner)
+    per_token = blocks + 2 * d * v
+    prefill = batch * (prompt * blocks + 2 * d * v) + batch * layers * 4 * prompt * prompt * d / 2
     slots = prompt + new  # our decode attends over the whole (masked) cache
     decode = batch * (new - 1) * (per_token + layers * 4 * slots * d)
     return prefill + decode
@@ -124,7 +111,7 @@ def main() -> None:
         paper = (time.perf_counter() - t) / args.paper_calls
         print(f"paper procedure (1 sample/call): {args.new / paper:7.1f} tokens/s  ({paper:.2f} s per sample, {args.paper_calls} calls)")
 
-    peak = _matmul_peak()
+    peak = matmul_peak()
     flops = _flops(cfg, args.batch, args.prompt, args.new)
     achieved = flops / ours
     print(f"speed-up vs transformers batched: {theirs / ours:.2f}x; vs paper procedure: {(paper * args.batch) / ours:.2f}x")

@@ -16,21 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-
-def _matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+from bench_common import matmul_peak
 
 
 def _step_flops(cfg: dict, batch: int, seq: int) -> float:
@@ -83,7 +69,7 @@ def main() -> None:
         config = CodeGenConfig.from_file(f"{tmp}/config.json").replace(dtype=args.dtype, remat=args.remat)
         params = load_hf_params(tmp, config)
 
-    peak = _matmul_peak()
+    peak = matmul_peak()
     flops = _step_flops(cfg, b, t)
     tokens = b * t
 
