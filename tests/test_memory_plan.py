@@ -29,8 +29,7 @@ def test_activations_shrink_with_remat_and_grow_with_batch():
     full = activation_bytes(CONFIG, 2, 32)
     assert activation_bytes(CONFIG, 4, 32) == 2 * full
     assert activation_bytes(CONFIG.replace(remat=True), 2, 32) < full
-    logits = 2 * 32 * CONFIG.vocab_size * 4
-    assert full > logits  # at least the fp32 logits of the loss are kept
+    assert activation_bytes(CONFIG.replace(n_layer=4), 2, 32) > full  # each block keeps its residuals
 
 
 def test_cache_is_split_over_batch_and_heads():

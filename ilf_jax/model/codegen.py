@@ -146,7 +146,7 @@ class CodeGen(nn.Module):
     constrain: Constrain = no_constraint
 
     @nn.compact
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=0, last_only=False):
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=0, last_only=False, hidden_only=False):
         cfg = self.config
         embed = self.param(
             "wte",
@@ -166,6 +166,8 @@ class CodeGen(nn.Module):
         if last_only:  # a prefill needs the next-token logits of the last position only
             x = x[:, -1:]
         x = _layer_norm(cfg, "ln_f")(x).astype(jnp.dtype(cfg.dtype))
+        if hidden_only and not self.is_initializing():  # the caller applies lm_head itself (fused loss)
+            return x, (None if cache is None else new_cache)
         logits = nn.Dense(
             cfg.vocab_size,
             dtype=jnp.dtype(cfg.dtype),
@@ -223,8 +225,12 @@ def forward(
     cache_index: jax.Array | int = 0,
     constrain: Constrain = no_constraint,
     last_only: bool = False,
+    hidden_only: bool = False,
 ) -> tuple[jax.Array, Cache | None]:
     """Logits [B, T, vocab] (fp32; [B, 1, vocab] with `last_only`) and the updated cache.
+
+    With `hidden_only`, the final hidden states [B, T, E] (compute dtype) instead of logits, for
+    callers that apply `params["lm_head"]` themselves (see `lm_head_logits`).
 
     Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
     cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
@@ -238,7 +244,15 @@ def forward(
             positions = positions_from_mask(valid)
     if positions is None:
         raise ValueError("forward: pass positions together with an explicit mask")
-    return CodeGen(config, constrain).apply({"params": params}, tokens, positions, mask, cache, cache_index, last_only)
+    return CodeGen(config, constrain).apply(
+        {"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only
+    )
+
+
+def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array, config: CodeGenConfig) -> jax.Array:
+    """fp32 logits from final hidden states, computed exactly as the module's lm_head does."""
+    dtype = jnp.dtype(config.dtype)
+    return (hidden.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)).astype(jnp.float32)
 
 
 def init_cache(config: CodeGenConfig, batch: int, slots: int, dtype: Any = None) -> Cache:

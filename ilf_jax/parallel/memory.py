@@ -82,7 +82,7 @@ def activation_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
 
     The vjp closure also holds the weights; they do not grow with the batch, so the per-row part
     is the difference between two and one rows. Counted whole on the replica (tensor parallelism
-    splits some of it further), the fp32 logits of the loss included.
+    splits some of it further); the loss is fused with the LM head, so no logits are kept.
     """
     per_row = _residual_bytes(config, 2, seq_len) - _residual_bytes(config, 1, seq_len)
     return rows * per_row

@@ -9,14 +9,16 @@ so accumulating micro-batches equals one big batch exactly (up to summation orde
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ilf_jax.model.codegen import forward
+from ilf_jax.model.codegen import forward, lm_head_logits
 from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
 from ilf_jax.train.state import TrainState
@@ -37,9 +39,50 @@ def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
 
 
 def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
-    """(summed NLL over weighted tokens, number of weighted tokens) of one [B, T] batch."""
+    """(summed NLL over weighted tokens, number of weighted tokens) of one [B, T] batch.
+
+    The LM head and cross-entropy are fused (`_weighted_nll`): logits are never kept for the
+    backward pass, and the vocabulary-wide softmax is computed once instead of twice.
+    """
+    kwargs = {} if constrain is None else {"constrain": constrain}
+    hidden, _ = forward(params, batch["tokens"], config, valid=batch["valid"], hidden_only=True, **kwargs)
     w = batch["weights"].astype(jnp.float32)
-    return jnp.sum(token_nll(params, batch, config, constrain) * w), jnp.sum(w)
+    head = params["lm_head"]
+    return _weighted_nll(hidden, head["kernel"], head["bias"], batch["targets"], w, config, constrain), jnp.sum(w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _weighted_nll(hidden, kernel, bias, targets, weights, config, constrain):
+    return _weighted_nll_fwd(hidden, kernel, bias, targets, weights, config, constrain)[0]
+
+
+def _weighted_nll_fwd(hidden, kernel, bias, targets, weights, config, constrain):
+    """sum(weights * NLL) and, in the same pass, its gradients (the loss is linear in them)."""
+    logits = lm_head_logits(hidden, kernel, bias, config)
+    if constrain is not None:
+        logits = constrain(logits, ("act_batch", "act_length", "act_vocab"))
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    exp = jnp.exp(logits - top)
+    total = jnp.sum(exp, axis=-1, keepdims=True)
+    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    picked = jnp.sum(logits * onehot, axis=-1)
+    nll = jnp.log(total[..., 0]) + top[..., 0] - picked
+    dlogits = (exp / total - onehot) * weights[..., None]  # d loss / d logits, fp32
+    dtype = jnp.dtype(config.dtype)
+    d = dlogits.astype(dtype)
+    dhidden = (d @ kernel.astype(dtype).T).astype(hidden.dtype)
+    dkernel = jnp.einsum("bte,btv->ev", hidden.astype(dtype), d).astype(kernel.dtype)
+    dbias = jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
+    return jnp.sum(nll * weights), (dhidden, dkernel, dbias, targets, weights)
+
+
+def _weighted_nll_bwd(config, constrain, res, g):
+    dhidden, dkernel, dbias, targets, weights = res
+    zero_targets = np.zeros(targets.shape, dtype=jax.dtypes.float0)
+    return g * dhidden, g * dkernel, g * dbias, zero_targets, jnp.zeros_like(weights)
+
+
+_weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
 
 
 def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
