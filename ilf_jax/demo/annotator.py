@@ -19,13 +19,13 @@ import re
 import subprocess
 import sys
 
+from ilf_jax.data.formats import EOS, task_prompt, truncate_completion
 from ilf_jax.data.task import Task
 
 MAX_HUNKS = 3  # beyond this the program counts as too broken for a minimal edit
 MIN_SIMILARITY = 0.6  # similarity of non-space tokens to the reference below which the body is rewritten
 
 _TOKEN = re.compile(r"\s+|\w+|\*\*|//|[<>=!]=|'[^'\n]*'|\"[^\"\n]*\"|.")
-_END_OF_FUNCTION = re.compile(r"\n(?=[A-Za-z#\"])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,21 +49,15 @@ class _Hunk:
 
 
 def _split(program: str, task: Task) -> tuple[str, str]:
-    """Header (through the tested `def` line) and body (cut at the end of the function)."""
-    program = program.split("<|endoftext|>", 1)[0]
+    """Header (through the tested `def` line) and body, cut as the evaluation cuts a completion."""
+    program = program.split(EOS, 1)[0]
     m = None
     for m in re.finditer(rf"^def\s+{re.escape(task.entry_point)}\s*\(.*\n", program, flags=re.M):
         pass
     if m is None:
-        from ilf_jax.data.formats import task_prompt  # late: only unusual programs need it
-
         return task_prompt(task), ""
     rest = program[m.end():]
-    end = _END_OF_FUNCTION.search(rest)
-    rest = rest[: end.start() + 1] if end else rest
-    if rest and not rest[0].isspace():
-        rest = "    " + rest  # the reference evaluation restores a lost first indentation
-    return program[: m.end()], rest
+    return program[: m.end()], truncate_completion(rest) if rest.strip() else ""
 
 
 def _reference_body(task: Task) -> str:
