@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -13,16 +14,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pathlib
-
     from ilf_jax.model.store import load_model, save_model
     from ilf_jax.parallel.mesh import make_mesh, parse_mesh
 
     mesh = make_mesh(parse_mesh(args.mesh))
     overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
     config, params = load_model(args.hf_dir, mesh=mesh, **overrides)
-    tok = pathlib.Path(args.hf_dir)
-    save_model(args.out_dir, config, params, tokenizer_dir=tok)
+    save_model(args.out_dir, config, params, tokenizer_dir=pathlib.Path(args.hf_dir))
     print(f"converted {args.hf_dir} -> {args.out_dir} ({config.n_layer} layers, {config.n_embd} wide)")
     return 0
 
