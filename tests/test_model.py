@@ -9,30 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_CONFIGS, random_batch, save_hf, tiny_hf_model
+from helpers import TINY_CONFIGS, jax_logits, random_batch, save_hf, tiny_hf_model, torch_logits
 from ilf_jax.errors import IlfError
-from ilf_jax.model import CodeGenConfig, forward
+from ilf_jax.model import CodeGenConfig
 from ilf_jax.model.codegen import abstract_params
 from ilf_jax.model.convert import export_hf, load_hf_params
 from ilf_jax.model.store import load_model, save_model
 from ilf_jax.model.weight_map import weight_map
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def torch_logits(model, tokens, valid):
-    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(tokens, dtype=torch.long),
-            attention_mask=torch.tensor(valid.astype(np.int64)),
-            position_ids=torch.tensor(positions),
-        )
-    return out.logits.numpy()
-
-
-def jax_logits(params, config, tokens, valid):
-    return np.asarray(forward(params, jnp.asarray(tokens), config, valid=jnp.asarray(valid))[0])
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])

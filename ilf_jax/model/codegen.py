@@ -7,13 +7,13 @@ called only here: the rest of the project uses `init_params`, `forward` and `ini
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ilf_jax.model.common import Constrain, attend, causal_mask, lm_head_logits, no_constraint, positions_from_mask, resolve_inputs
 from ilf_jax.model.config import CodeGenConfig
 
 Params = Any  # a nested dict of arrays
@@ -21,13 +21,7 @@ Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batc
 # Logical names of a cache entry's dims. Heads before slots: the decode step then reads the cache
 # in the layout attention uses, with no per-step transpose of the whole cache.
 CACHE_AXES = ("act_batch", "act_heads", None, None)
-Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
-
-_NEG = float(jnp.finfo(jnp.float32).min)
-
-
-def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    return x
+__all__ = ["CACHE_AXES", "CodeGen", "Constrain", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask"]
 
 
 def _init(std: float = 0.02) -> Callable:
@@ -86,10 +80,7 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
         # Scores and softmax in fp32, as the reference does, whatever the compute dtype.
-        scores = jnp.matmul(q.astype(jnp.float32), k.astype(jnp.float32).transpose(0, 1, 3, 2))
-        scores = jnp.where(mask[:, None], scores * (1.0 / math.sqrt(cfg.head_dim)), _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        attn = jnp.matmul(probs, v.astype(dtype)).transpose(0, 2, 1, 3).reshape(b * t, -1)
+        attn = attend(q, k, v, mask, dtype).reshape(b * t, -1)
         return (attn @ out_w.astype(dtype).reshape(-1, e)).reshape(b, t, e), new_cache
 
 
@@ -180,18 +171,6 @@ class CodeGen(nn.Module):
         return logits, (None if cache is None else new_cache)
 
 
-def causal_mask(valid: jax.Array) -> jax.Array:
-    """[B, T, T] attention mask from a [B, T] validity mask (left padding): causal and no pads."""
-    t = valid.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return causal[None] & valid[:, None, :].astype(bool)
-
-
-def positions_from_mask(valid: jax.Array) -> jax.Array:
-    """Position ids that start at 0 on each row's first real token (left padding gets 0)."""
-    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
-
-
 def _abstract_init(config: CodeGenConfig):
     tokens = jnp.zeros((1, 1), jnp.int32)
     return lambda rng: CodeGen(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
@@ -236,23 +215,10 @@ def forward(
     cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
     written at `cache_index`.
     """
-    if mask is None:
-        if valid is None:
-            valid = jnp.ones(tokens.shape, bool)
-        mask = causal_mask(valid)
-        if positions is None:
-            positions = positions_from_mask(valid)
-    if positions is None:
-        raise ValueError("forward: pass positions together with an explicit mask")
+    positions, mask = resolve_inputs(tokens, positions, mask, valid)
     return CodeGen(config, constrain).apply(
         {"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only
     )
-
-
-def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array, config: CodeGenConfig) -> jax.Array:
-    """fp32 logits from final hidden states, computed exactly as the module's lm_head does."""
-    dtype = jnp.dtype(config.dtype)
-    return (hidden.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)).astype(jnp.float32)
 
 
 def init_cache(config: CodeGenConfig, batch: int, slots: int, dtype: Any = None) -> Cache:

@@ -47,6 +47,14 @@ class CodeGenConfig:
                 raise IlfError(f"{name}={getattr(self, name)!r} must be one of {_DTYPES}")
 
     @property
+    def model_type(self) -> str:
+        return "codegen"
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.n_head
+
+    @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 

@@ -1,4 +1,4 @@
-"""Model directories on disk: HF CodeGen directories and our own (config + tokenizer + Orbax params).
+"""Model directories on disk: HF directories of any supported family and our own (config + tokenizer + Orbax params).
 
 `load_model` takes either, so every command that needs a model accepts both. Restoring uses an
 abstract target that carries shardings, so params saved on one mesh restore onto another.
@@ -15,9 +15,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.codegen import abstract_params
-from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.model.convert import copy_tokenizer, load_hf_params
+from ilf_jax.model.family import ModelConfig, abstract_params, config_from_file
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings
 
 PARAMS_DIR = "params"
@@ -29,19 +28,19 @@ def is_native(directory: str | pathlib.Path) -> bool:
     return (pathlib.Path(directory) / PARAMS_DIR).is_dir()
 
 
-def read_config(directory: str | pathlib.Path, **overrides: Any) -> CodeGenConfig:
+def read_config(directory: str | pathlib.Path, **overrides: Any) -> ModelConfig:
     """The model config of either kind of directory, with our saved numerics and `overrides` applied."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise IlfError(f"{directory}: model directory not found")
-    config = CodeGenConfig.from_file(directory / "config.json")
+    config = config_from_file(directory / "config.json")
     meta = directory / ILF_META
     if meta.is_file():
         config = config.replace(**json.loads(meta.read_text()))
     return config.replace(**overrides) if overrides else config
 
 
-def _abstract_target(config: CodeGenConfig, mesh: Mesh | None, rules: Rules) -> Any:
+def _abstract_target(config: ModelConfig, mesh: Mesh | None, rules: Rules) -> Any:
     shapes = abstract_params(config)
     if mesh is None:
         return shapes
@@ -49,7 +48,7 @@ def _abstract_target(config: CodeGenConfig, mesh: Mesh | None, rules: Rules) -> 
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def restore_params(path: str | pathlib.Path, config: CodeGenConfig, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES) -> Any:
+def restore_params(path: str | pathlib.Path, config: ModelConfig, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES) -> Any:
     """Restore an Orbax params tree at `path` onto `mesh` (or the default device)."""
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
@@ -63,8 +62,8 @@ def restore_params(path: str | pathlib.Path, config: CodeGenConfig, mesh: Mesh |
 
 def load_model(
     directory: str | pathlib.Path, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, **overrides: Any
-) -> tuple[CodeGenConfig, Any]:
-    """(config, params) from an HF CodeGen directory (converted on the fly) or one of ours."""
+) -> tuple[ModelConfig, Any]:
+    """(config, params) from an HF directory (converted on the fly) or one of ours, any family."""
     directory = pathlib.Path(directory)
     config = read_config(directory, **overrides)
     if is_native(directory):
@@ -74,7 +73,7 @@ def load_model(
 
 
 def save_model(
-    directory: str | pathlib.Path, config: CodeGenConfig, params: Any, tokenizer_dir: str | pathlib.Path | None = None
+    directory: str | pathlib.Path, config: ModelConfig, params: Any, tokenizer_dir: str | pathlib.Path | None = None
 ) -> pathlib.Path:
     """Write config.json (HF format), our numerics, tokenizer files and Orbax params to `directory`.
 
@@ -95,10 +94,29 @@ def save_model(
 
 
 def load_tokenizer(directory: str | pathlib.Path) -> Any:
-    """The tokenizer `transformers.AutoTokenizer` loads from `directory` (no hub access)."""
+    """The tokenizer `transformers.AutoTokenizer` loads from `directory` (no hub access), checked
+    against the directory's `config.json`: their EOS ids must agree."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
         raise IlfError(f"{directory}: no loadable tokenizer: {str(e).splitlines()[0]}") from None
+    check_tokenizer_eos(tokenizer, pathlib.Path(directory) / "config.json")
+    return tokenizer
+
+
+def check_tokenizer_eos(tokenizer: Any, config_json: pathlib.Path) -> None:
+    """Refuse a tokenizer whose EOS is not (one of) the model config's `eos_token_id`."""
+    if not config_json.is_file() or getattr(tokenizer, "eos_token_id", None) is None:
+        return
+    try:
+        eos = json.loads(config_json.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError):
+        return  # reading the config reports its own error
+    allowed = eos if isinstance(eos, list) else [eos]
+    if eos is not None and tokenizer.eos_token_id not in allowed:
+        raise IlfError(
+            f"{config_json.parent / 'tokenizer_config.json'}: eos_token {tokenizer.eos_token!r} has id "
+            f"{tokenizer.eos_token_id}, but {config_json} has eos_token_id {eos}"
+        )

@@ -14,8 +14,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.codegen import init_params as random_params
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import CONFIG_TYPES, ModelConfig, config_from_file
+from ilf_jax.model.family import init_params as random_params
 from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
 from ilf_jax.parallel.mesh import make_mesh
 from ilf_jax.parallel.sharding import param_shardings
@@ -58,23 +58,23 @@ def _resolve_tokenizer(tokenizer: Any, model: Any) -> tuple[Any, pathlib.Path | 
     return tokenizer, None
 
 
-def _model_config(model: Any, cfg: TrainConfig) -> CodeGenConfig:
+def _model_config(model: Any, cfg: TrainConfig) -> ModelConfig:
     from ilf_jax.model.store import read_config
 
-    if isinstance(model, CodeGenConfig):
+    if isinstance(model, CONFIG_TYPES):
         config = model
     elif isinstance(model, tuple):
         config = model[0]
     elif isinstance(model, (str, pathlib.Path)):
         path = pathlib.Path(model)
-        config = CodeGenConfig.from_file(path) if path.is_file() else read_config(path)
+        config = config_from_file(path) if path.is_file() else read_config(path)
     else:
         raise IlfError(f"train: model must be a directory, a config, or (config, params); got {type(model).__name__}")
     # fp32 master weights; compute dtype and remat from the train config.
     return config.replace(dtype=cfg.dtype, param_dtype="float32", remat=cfg.remat)
 
 
-def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
+def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
     from ilf_jax.model.store import load_model
 
     shardings = param_shardings(config, mesh)
@@ -82,7 +82,7 @@ def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: M
         params = given
     elif isinstance(model, tuple) and model[1] is not None:
         params = model[1]
-    elif cfg.init == "random" or isinstance(model, CodeGenConfig) or isinstance(model, tuple) or pathlib.Path(model).is_file():
+    elif cfg.init == "random" or isinstance(model, CONFIG_TYPES) or isinstance(model, tuple) or pathlib.Path(model).is_file():
         init = jax.jit(lambda k: random_params(config, k), out_shardings=shardings)
         return init(jax.random.key(cfg.seed))
     else:
@@ -175,7 +175,7 @@ def train(
     """Fine-tune (or train from scratch) and write `out_dir/{model,hf,checkpoints,metrics.jsonl}`.
 
     `model`: a model directory (HF or ours), a model config file (.yaml / config.json) or
-    `CodeGenConfig` (random init), or `(config, params)`. `tokenizer`: an object or a directory
+    model config of any family (random init), or `(config, params)`. `tokenizer`: an object or a directory
     (default: the model directory's). `init_params` overrides the starting weights. A run resumes
     from the latest checkpoint in `out_dir`, at the exact data position; a finished run returns at
     once. `stop_after` halts (with a checkpoint) after that many total steps, as a pre-emption would.
@@ -331,7 +331,7 @@ def _result(out_dir: pathlib.Path, cfg: TrainConfig, steps: int, total: int) -> 
 
 def evaluate(
     params: Any,
-    config: CodeGenConfig,
+    config: ModelConfig,
     tokenizer: Any,
     examples: Sequence[Example],
     batch_size: int = 8,

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from ilf_jax.model.codegen import abstract_params
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig, abstract_params
 from ilf_jax.parallel.distributed import put_global
 from ilf_jax.parallel.sharding import param_shardings, replicated
 
@@ -25,7 +24,7 @@ class TrainState:
     opt_state: Any
 
 
-def state_shardings(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def state_shardings(config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
     """NamedShardings for every leaf: params by the rule table, Adam moments like their params,
     scalars (step, counts) replicated."""
     pshard = param_shardings(config, mesh)
@@ -43,7 +42,7 @@ def state_shardings(config: CodeGenConfig, tx: optax.GradientTransformation, mes
     return TrainState(step=rep, params=pshard, opt_state=opt_shard)
 
 
-def abstract_state(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
     """ShapeDtypeStructs carrying shardings: the restore target for a checkpoint on `mesh`."""
     shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), abstract_params(config))
     shard = state_shardings(config, tx, mesh)

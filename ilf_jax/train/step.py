@@ -18,15 +18,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ilf_jax.model.codegen import forward, lm_head_logits
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.common import lm_head_logits
+from ilf_jax.model.family import ModelConfig, forward, lm_head
 from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
 from ilf_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> jax.Array:
+def token_nll(params: Any, batch: Batch, config: ModelConfig, constrain=None) -> jax.Array:
     """NLL of every target [B, T] (fp32), unweighted."""
     kwargs = {} if constrain is None else {"constrain": constrain}
     logits, _ = forward(params, batch["tokens"], config, valid=batch["valid"], **kwargs)
@@ -38,7 +38,7 @@ def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
     return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
-def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
+def loss_sums(params: Any, batch: Batch, config: ModelConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
     """(summed NLL over weighted tokens, number of weighted tokens) of one [B, T] batch.
 
     The LM head and cross-entropy are fused (`_weighted_nll`): logits are never kept for the
@@ -47,8 +47,8 @@ def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
     kwargs = {} if constrain is None else {"constrain": constrain}
     hidden, _ = forward(params, batch["tokens"], config, valid=batch["valid"], hidden_only=True, **kwargs)
     w = batch["weights"].astype(jnp.float32)
-    head = params["lm_head"]
-    return _weighted_nll(hidden, head["kernel"], head["bias"], batch["targets"], w, config, constrain), jnp.sum(w)
+    kernel, bias = lm_head(params, config)
+    return _weighted_nll(hidden, kernel, bias, batch["targets"], w, config, constrain), jnp.sum(w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -72,14 +72,14 @@ def _weighted_nll_fwd(hidden, kernel, bias, targets, weights, config, constrain)
     d = dlogits.astype(dtype)
     dhidden = (d @ kernel.astype(dtype).T).astype(hidden.dtype)
     dkernel = jnp.einsum("bte,btv->ev", hidden.astype(dtype), d).astype(kernel.dtype)
-    dbias = jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
+    dbias = None if bias is None else jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
     return jnp.sum(nll * weights), (dhidden, dkernel, dbias, targets, weights)
 
 
 def _weighted_nll_bwd(config, constrain, res, g):
     dhidden, dkernel, dbias, targets, weights = res
     zero_targets = np.zeros(targets.shape, dtype=jax.dtypes.float0)
-    return g * dhidden, g * dkernel, g * dbias, zero_targets, jnp.zeros_like(weights)
+    return g * dhidden, g * dkernel, None if dbias is None else g * dbias, zero_targets, jnp.zeros_like(weights)
 
 
 _weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
@@ -92,7 +92,7 @@ def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
     return {k: sharding for k in ("tokens", "targets", "weights", "valid")}
 
 
-def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain=None, grad_shardings=None):
+def accumulate_grads(params: Any, batch: Batch, config: ModelConfig, constrain=None, grad_shardings=None):
     """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count)."""
 
     grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(p, mb, config, constrain), has_aux=True)
@@ -114,7 +114,7 @@ def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain
 
 
 def make_train_step(
-    config: CodeGenConfig,
+    config: ModelConfig,
     tx: optax.GradientTransformation,
     mesh: Mesh,
     shardings: TrainState,
@@ -158,7 +158,7 @@ def make_train_step(
     )
 
 
-def make_eval_step(config: CodeGenConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+def make_eval_step(config: ModelConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """`eval(params, batch[B, T]) -> (summed NLL per row, target tokens per row)`, jitted."""
     constrain = None if mesh is None else constrainer(mesh)
 
