@@ -1,5 +1,6 @@
 """Llama / Qwen2 / Qwen3 behind the model-family interface: logit and greedy-decode parity with
-transformers, export round trips (sharded with an index), real-size shapes, sharding, bad input."""
+transformers, export round trips (sharded with an index), rotary frequencies, bad input.
+(Real-size shapes: test_model.py; sharding: test_sharding.py, both over every family.)"""
 
 import json
 import pathlib
@@ -12,12 +13,10 @@ import torch
 
 from helpers import LLAMA_TINY, jax_logits, random_batch, tiny_hf_llama, torch_logits
 from ilf_jax.errors import IlfError
-from ilf_jax.model import LlamaConfig, abstract_params, config_from_file, forward, init_params
+from ilf_jax.model import config_from_file
 from ilf_jax.model.convert import export_hf
-from ilf_jax.model.family import weight_map
+from ilf_jax.model.llama import inverse_frequencies
 from ilf_jax.model.store import load_model
-from ilf_jax.parallel import assert_sharded, make_mesh, param_shardings
-from ilf_jax.parallel.forward import sharded_forward
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL = sorted(p.stem for p in (REPO / "configs" / "models").glob("*.yaml") if not p.stem.startswith(("codegen", "tiny")))
@@ -102,66 +101,14 @@ def test_export_round_trip(converted, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", REAL)
-def test_real_configs_match_transformers_shapes(name):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def test_rotary_frequencies_of_real_configs_match_transformers(name):
+    """rope_theta and rope_scaling (linear, llama3) of each real config give transformers' frequencies."""
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     config = config_from_file(REPO / "configs" / "models" / f"{name}.yaml")
-    assert isinstance(config, LlamaConfig)
-    hf_dict = {k: v for k, v in config.to_hf_dict().items() if k not in ("architectures", "torch_dtype")}
-    with torch.device("meta"):
-        hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf_dict))
-    assert type(hf).__name__ == config.to_hf_dict()["architectures"][0]
-    hf_shapes = {n: tuple(p.shape) for n, p in hf.named_parameters()}
-    entries = weight_map(config)
-    assert {e.hf_name for e in entries} == set(hf_shapes)
-    flat = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params(config))}
-    assert {e.path for e in entries} == set(flat)
-    for e in entries:
-        assert hf_shapes[e.hf_name] == e.hf_shape
-        mapped = jax.eval_shape(e.to_jax, jax.ShapeDtypeStruct(e.hf_shape, jnp.float32))
-        assert mapped.shape == flat[e.path].shape, e.hf_name
-    assert sum(int(np.prod(s.shape)) for s in flat.values()) == sum(p.numel() for p in hf.parameters())
-    # The rotary frequencies transformers computes from the same config (rope_theta, rope_scaling).
-    from ilf_jax.model.llama import inverse_frequencies
-
-    with torch.device("cpu"):
-        ref = type(hf.model.rotary_emb)(config=hf.config).inv_freq
-    np.testing.assert_allclose(inverse_frequencies(config), ref.numpy(), rtol=1e-6)
-
-
-SHARD_CONFIG = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
-                           num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    params = jax.tree.map(lambda x: x * 5 if x.ndim > 1 else x, init_params(SHARD_CONFIG, jax.random.key(0)))
-    tokens, valid = random_batch(np.random.default_rng(0), 8, 12, SHARD_CONFIG.vocab_size)
-    logits = np.asarray(forward(params, jnp.asarray(tokens), SHARD_CONFIG, valid=jnp.asarray(valid))[0])
-    return params, tokens, valid, logits
-
-
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
-def test_sharded_forward_matches_single_device(reference, shape):
-    params, tokens, valid, expected = reference
-    mesh = make_mesh(shape)
-    sharded = jax.device_put(params, param_shardings(SHARD_CONFIG, mesh))
-    if shape != (8, 1, 1):
-        assert_sharded(sharded, min_size=2**12)
-    logits = sharded_forward(SHARD_CONFIG, mesh)(sharded, jnp.asarray(tokens), jnp.asarray(valid))
-    np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], atol=1e-5)
-
-
-def test_kv_heads_split_over_tensor_only_when_divisible():
-    P = jax.sharding.PartitionSpec
-    sh = param_shardings(SHARD_CONFIG, make_mesh((1, 4, 2)))  # 2 kv heads over tensor=2: split
-    assert sh["layers_0"]["attn"]["k"].spec == P("fsdp", "tensor", None)
-    assert sh["layers_0"]["attn"]["q"].spec == P("fsdp", "tensor", None)
-    sh = param_shardings(SHARD_CONFIG, make_mesh((1, 2, 4)))  # 2 kv heads over tensor=4: replicated
-    assert sh["layers_0"]["attn"]["k"].spec == P("fsdp", None, None)
-    assert sh["layers_0"]["attn"]["q"].spec == P("fsdp", "tensor", None)
-    assert sh["layers_0"]["mlp"]["gate"]["kernel"].spec == P("fsdp", "tensor")
-    assert sh["lm_head"].spec == P("fsdp", "tensor")
+    hf_config = AutoConfig.for_model(**{k: v for k, v in config.to_hf_dict().items() if k not in ("architectures", "torch_dtype")})
+    np.testing.assert_allclose(inverse_frequencies(config), LlamaRotaryEmbedding(hf_config).inv_freq.numpy(), rtol=1e-6)
 
 
 def test_bad_inputs_give_one_line_errors(converted, tmp_path):

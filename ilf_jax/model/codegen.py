@@ -2,7 +2,7 @@
 
 Parameters carry logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`) so that one rule
 table shards them; the KV cache is an explicit pytree argument and return value. `.apply` is
-called only here: the rest of the project uses `init_params`, `forward` and `init_cache`.
+called only in the model package: the rest of the project uses `init_params`, `forward` and `init_cache`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ilf_jax.model.common import Constrain, attend, causal_mask, lm_head_logits, no_constraint, positions_from_mask, resolve_inputs
+from ilf_jax.model.common import (
+    Cache,
+    Constrain,
+    LinenModel,
+    Params,
+    attend,
+    causal_mask,
+    empty_cache,
+    lm_head_logits,
+    no_constraint,
+    positions_from_mask,
+)
 from ilf_jax.model.config import CodeGenConfig
 
-Params = Any  # a nested dict of arrays
-Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, heads, slots, head_dim]
 # Logical names of a cache entry's dims. Heads before slots: the decode step then reads the cache
 # in the layout attention uses, with no per-step transpose of the whole cache.
 CACHE_AXES = ("act_batch", "act_heads", None, None)
-__all__ = ["CACHE_AXES", "CodeGen", "Constrain", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask"]
+__all__ = ["CACHE_AXES", "Cache", "CodeGen", "Constrain", "Params", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask"]
 
 
 def _init(std: float = 0.02) -> Callable:
@@ -171,58 +180,13 @@ class CodeGen(nn.Module):
         return logits, (None if cache is None else new_cache)
 
 
-def _abstract_init(config: CodeGenConfig):
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return lambda rng: CodeGen(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
-
-
-def param_specs(config: CodeGenConfig) -> Params:
-    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s of logical names."""
-    boxed = jax.eval_shape(_abstract_init(config), jax.random.key(0))
-    return nn.get_partition_spec(boxed)
-
-
-def abstract_params(config: CodeGenConfig) -> Params:
-    """Shapes and dtypes of every parameter (`jax.ShapeDtypeStruct`s), with nothing allocated."""
-    return nn.meta.unbox(jax.eval_shape(_abstract_init(config), jax.random.key(0)))
-
-
-def init_params(config: CodeGenConfig, rng: jax.Array) -> Params:
-    """Random parameters (normal(0.02) weights, zero biases, unit norms), as a plain pytree."""
-    return nn.meta.unbox(_abstract_init(config)(rng))
-
-
-def forward(
-    params: Params,
-    tokens: jax.Array,
-    config: CodeGenConfig,
-    *,
-    positions: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    valid: jax.Array | None = None,
-    cache: Cache | None = None,
-    cache_index: jax.Array | int = 0,
-    constrain: Constrain = no_constraint,
-    last_only: bool = False,
-    hidden_only: bool = False,
-) -> tuple[jax.Array, Cache | None]:
-    """Logits [B, T, vocab] (fp32; [B, 1, vocab] with `last_only`) and the updated cache.
-
-    With `hidden_only`, the final hidden states [B, T, E] (compute dtype) instead of logits, for
-    callers that apply `params["lm_head"]` themselves (see `lm_head_logits`).
-
-    Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
-    cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
-    written at `cache_index`.
-    """
-    positions, mask = resolve_inputs(tokens, positions, mask, valid)
-    return CodeGen(config, constrain).apply(
-        {"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only
-    )
+_MODEL = LinenModel(CodeGen)
+param_specs = _MODEL.param_specs
+abstract_params = _MODEL.abstract_params
+init_params = _MODEL.init_params
+forward = _MODEL.forward
 
 
 def init_cache(config: CodeGenConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
     """An empty KV cache with `slots` positions per row, in the compute dtype by default."""
-    dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, config.n_head, slots, config.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
+    return empty_cache(config.n_layer, batch, config.n_head, slots, config.head_dim, jnp.dtype(dtype or config.dtype))

@@ -1,13 +1,19 @@
 """Pieces every model family shares: masks and positions from left-padded batches, the
-activation-sharding hook type, and masked (grouped-query) softmax attention in fp32."""
+activation-sharding hook type, masked (grouped-query) softmax attention in fp32, the LM head,
+the KV cache, and the functional API (init, shapes, axes, forward) around a Linen module."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+Params = Any  # a nested dict of arrays
+Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, heads, slots, head_dim]
 
 Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
 
@@ -66,3 +72,62 @@ def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None,
     if bias is not None:
         logits = logits + bias.astype(dtype)
     return logits.astype(jnp.float32)
+
+
+def empty_cache(layers: int, batch: int, heads: int, slots: int, head_dim: int, dtype: Any) -> Cache:
+    """A zero KV cache: `layers` entries of {"k", "v"} [batch, heads, slots, head_dim]."""
+    shape = (batch, heads, slots, head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(layers)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenModel:
+    """The functional API of a causal-LM Linen module built as `module(config, constrain)` and
+    called as (tokens, positions, mask, cache, cache_index, last_only, hidden_only)."""
+
+    module: type
+
+    def _init_fn(self, config: Any) -> Callable[[jax.Array], Params]:
+        tokens = jnp.zeros((1, 1), jnp.int32)
+        return lambda rng: self.module(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
+
+    def param_specs(self, config: Any) -> Params:
+        """The logical axis names of every parameter, as a pytree of `PartitionSpec`s of logical names."""
+        return nn.get_partition_spec(jax.eval_shape(self._init_fn(config), jax.random.key(0)))
+
+    def abstract_params(self, config: Any) -> Params:
+        """Shapes and dtypes of every parameter (`jax.ShapeDtypeStruct`s), with nothing allocated."""
+        return nn.meta.unbox(jax.eval_shape(self._init_fn(config), jax.random.key(0)))
+
+    def init_params(self, config: Any, rng: jax.Array) -> Params:
+        """Random parameters (normal(0.02) weights, zero biases, unit norms), as a plain pytree."""
+        return nn.meta.unbox(self._init_fn(config)(rng))
+
+    def forward(
+        self,
+        params: Params,
+        tokens: jax.Array,
+        config: Any,
+        *,
+        positions: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        valid: jax.Array | None = None,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int = 0,
+        constrain: Constrain = no_constraint,
+        last_only: bool = False,
+        hidden_only: bool = False,
+    ) -> tuple[jax.Array, Cache | None]:
+        """Logits [B, T, vocab] (fp32; [B, 1, vocab] with `last_only`) and the updated cache.
+
+        With `hidden_only`, the final hidden states [B, T, E] (compute dtype) instead of logits, for
+        callers that apply the LM head themselves (see `lm_head_logits`).
+
+        Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
+        cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
+        written at `cache_index`.
+        """
+        positions, mask = resolve_inputs(tokens, positions, mask, valid)
+        return self.module(config, constrain).apply(
+            {"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only
+        )

@@ -9,17 +9,15 @@ Callers use the functions below (`forward(params, tokens, config, ...)`, `init_c
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any, Callable, Union
 
 import jax
-import yaml
 
 from ilf_jax.errors import IlfError
 from ilf_jax.model import codegen, llama
 from ilf_jax.model import llama_weight_map, weight_map as codegen_weight_map
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.config import CodeGenConfig, read_model_file
 from ilf_jax.model.llama_config import VARIANTS, LlamaConfig
 from ilf_jax.model.weight_map import Entry
 
@@ -99,19 +97,8 @@ def config_from_dict(d: dict[str, Any], source: str = "config") -> ModelConfig:
 
 def config_from_file(path: str | pathlib.Path) -> ModelConfig:
     """Read an HF `config.json`, a directory holding one, or one of our YAML model configs."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise IlfError(f"{path}: config file not found")
-    try:
-        text = path.read_text()
-        d = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise IlfError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {e}".splitlines()[0]) from None
-    if not isinstance(d, dict):
-        raise IlfError(f"{path}: expected a mapping of config fields")
-    return config_from_dict(d, source=str(path))
+    d, source = read_model_file(path)
+    return config_from_dict(d, source=source)
 
 
 # The interface as plain functions of the config, for callers that hold a config of any family.

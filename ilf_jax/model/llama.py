@@ -17,12 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ilf_jax.model.common import Constrain, attend, no_constraint, resolve_inputs
+from ilf_jax.model.common import Cache, Constrain, LinenModel, Params, attend, empty_cache, no_constraint
 from ilf_jax.model.llama_config import LlamaConfig
 
-Params = Any
-Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, kv_heads, slots, head_dim]
-CACHE_AXES = ("act_batch", "act_kv_heads", None, None)
+CACHE_AXES = ("act_batch", "act_kv_heads", None, None)  # the cache holds n_kv_heads heads
 
 
 def _init(std: float = 0.02) -> Callable:
@@ -199,44 +197,11 @@ class Llama(nn.Module):
         return logits, (None if cache is None else new_cache)
 
 
-def _abstract_init(config: LlamaConfig):
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return lambda rng: Llama(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
-
-
-def param_specs(config: LlamaConfig) -> Params:
-    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s of logical names."""
-    return nn.get_partition_spec(jax.eval_shape(_abstract_init(config), jax.random.key(0)))
-
-
-def abstract_params(config: LlamaConfig) -> Params:
-    """Shapes and dtypes of every parameter (`jax.ShapeDtypeStruct`s), with nothing allocated."""
-    return nn.meta.unbox(jax.eval_shape(_abstract_init(config), jax.random.key(0)))
-
-
-def init_params(config: LlamaConfig, rng: jax.Array) -> Params:
-    """Random parameters (normal(0.02) weights, zero biases, unit norms), as a plain pytree."""
-    return nn.meta.unbox(_abstract_init(config)(rng))
-
-
-def forward(
-    params: Params,
-    tokens: jax.Array,
-    config: LlamaConfig,
-    *,
-    positions: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    valid: jax.Array | None = None,
-    cache: Cache | None = None,
-    cache_index: jax.Array | int = 0,
-    constrain: Constrain = no_constraint,
-    last_only: bool = False,
-    hidden_only: bool = False,
-) -> tuple[jax.Array, Cache | None]:
-    """Logits [B, T, vocab] (fp32) and the updated cache; the arguments mean what they mean in
-    `codegen.forward` (final hidden states with `hidden_only`, for the fused loss)."""
-    positions, mask = resolve_inputs(tokens, positions, mask, valid)
-    return Llama(config, constrain).apply({"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only)
+_MODEL = LinenModel(Llama)
+param_specs = _MODEL.param_specs
+abstract_params = _MODEL.abstract_params
+init_params = _MODEL.init_params
+forward = _MODEL.forward
 
 
 def lm_head(params: Params, config: LlamaConfig) -> tuple[jax.Array, None]:
@@ -246,6 +211,4 @@ def lm_head(params: Params, config: LlamaConfig) -> tuple[jax.Array, None]:
 
 def init_cache(config: LlamaConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
     """An empty KV cache of `n_kv_heads` heads with `slots` positions per row."""
-    dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, config.n_kv_heads, slots, config.head_size)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
+    return empty_cache(config.n_layer, batch, config.n_kv_heads, slots, config.head_size, jnp.dtype(dtype or config.dtype))
