@@ -24,6 +24,7 @@ from ilf_jax.model.common import (
     lm_head_logits,
     no_constraint,
     positions_from_mask,
+    run_blocks,
 )
 from ilf_jax.model.config import CodeGenConfig
 
@@ -157,17 +158,12 @@ class CodeGen(nn.Module):
         x = jnp.take(embed, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
         x = self.constrain(x, ("act_batch", "act_length", "act_embed"))
         sin, cos = rotary_tables(positions, cfg.rotary_dim)
-        block = nn.remat(Block, static_argnums=()) if cfg.remat else Block
-        new_cache = []
-        for i in range(cfg.n_layer):
-            layer_cache = None if cache is None else cache[i]
-            x, c = block(cfg, self.constrain, name=f"h_{i}")(x, sin, cos, mask, layer_cache, cache_index)
-            new_cache.append(c)
+        x, new_cache = run_blocks(Block, cfg, self.constrain, "h_", x, sin, cos, mask, cache, cache_index)
         if last_only:  # a prefill needs the next-token logits of the last position only
             x = x[:, -1:]
         x = _layer_norm(cfg, "ln_f")(x).astype(jnp.dtype(cfg.dtype))
         if hidden_only and not self.is_initializing():  # the caller applies lm_head itself (fused loss)
-            return x, (None if cache is None else new_cache)
+            return x, new_cache
         logits = nn.Dense(
             cfg.vocab_size,
             dtype=jnp.dtype(cfg.dtype),
@@ -177,7 +173,7 @@ class CodeGen(nn.Module):
             name="lm_head",
         )(x)
         logits = self.constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
-        return logits, (None if cache is None else new_cache)
+        return logits, new_cache
 
 
 _MODEL = LinenModel(CodeGen)

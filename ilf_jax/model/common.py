@@ -74,6 +74,18 @@ def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None,
     return logits.astype(jnp.float32)
 
 
+def run_blocks(block: type, config: Any, constrain: Constrain, prefix: str, x, sin, cos, mask, cache, cache_index):
+    """Inside a compact module: `config.n_layer` blocks named `prefix{i}` (rematerialised with
+    `config.remat`), each fed its layer of the cache. Returns (x, new cache or None)."""
+    block = nn.remat(block, static_argnums=()) if config.remat else block
+    new_cache = []
+    for i in range(config.n_layer):
+        layer_cache = None if cache is None else cache[i]
+        x, c = block(config, constrain, name=f"{prefix}{i}")(x, sin, cos, mask, layer_cache, cache_index)
+        new_cache.append(c)
+    return x, (None if cache is None else new_cache)
+
+
 def empty_cache(layers: int, batch: int, heads: int, slots: int, head_dim: int, dtype: Any) -> Cache:
     """A zero KV cache: `layers` entries of {"k", "v"} [batch, heads, slots, head_dim]."""
     shape = (batch, heads, slots, head_dim)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ilf_jax.model.common import Cache, Constrain, LinenModel, Params, attend, empty_cache, no_constraint
+from ilf_jax.model.common import Cache, Constrain, LinenModel, Params, attend, empty_cache, no_constraint, run_blocks
 from ilf_jax.model.llama_config import LlamaConfig
 
 CACHE_AXES = ("act_batch", "act_kv_heads", None, None)  # the cache holds n_kv_heads heads
@@ -176,12 +176,7 @@ class Llama(nn.Module):
         )
         x = self.constrain(jnp.take(embed, tokens, axis=0).astype(dtype), ("act_batch", "act_length", "act_embed"))
         sin, cos = rotary_tables(positions, cfg)
-        block = nn.remat(Block, static_argnums=()) if cfg.remat else Block
-        new_cache = []
-        for i in range(cfg.n_layer):
-            layer_cache = None if cache is None else cache[i]
-            x, c = block(cfg, self.constrain, name=f"layers_{i}")(x, sin, cos, mask, layer_cache, cache_index)
-            new_cache.append(c)
+        x, new_cache = run_blocks(Block, cfg, self.constrain, "layers_", x, sin, cos, mask, cache, cache_index)
         if last_only:
             x = x[:, -1:]
         x = RMSNorm(cfg, cfg.hidden_size, name="norm")(x).astype(dtype)
@@ -192,9 +187,9 @@ class Llama(nn.Module):
                 "lm_head", nn.with_logical_partitioning(_init(), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype)
             )
         if hidden_only and not self.is_initializing():
-            return x, (None if cache is None else new_cache)
+            return x, new_cache
         logits = self.constrain((x @ kernel.astype(dtype)).astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
-        return logits, (None if cache is None else new_cache)
+        return logits, new_cache
 
 
 _MODEL = LinenModel(Llama)
