@@ -129,6 +129,15 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
-def keep_annotation(refinement: str, original: str, refinement_passed: bool) -> bool:
-    """The paper's filter: the refinement passes and is a small edit (< half the longer program)."""
-    return refinement_passed and levenshtein(refinement, original) < 0.5 * max(len(refinement), len(original))
+def edit_limit(refinement: str, original: str) -> float:
+    """The paper's bound on a refinement's edit distance: half the longer of the two programs."""
+    return 0.5 * max(len(refinement), len(original))
+
+
+def keep_annotation(refinement: str, original: str, refinement_passed: bool, distance: int | None = None) -> bool:
+    """The paper's filter: the refinement passes and is a small edit (< half the longer program).
+    `distance` is Levenshtein(refinement, original) when the caller already has it."""
+    if not refinement_passed:
+        return False
+    distance = levenshtein(refinement, original) if distance is None else distance
+    return distance < edit_limit(refinement, original)
