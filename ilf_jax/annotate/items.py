@@ -9,6 +9,7 @@ import pathlib
 import re
 from typing import Any, Iterable
 
+from ilf_jax.data.annotations import check_fields, entry_point_of
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import read_objects
 
@@ -35,12 +36,6 @@ class Item:
         return dataclasses.asdict(self)
 
 
-def entry_point_of(prompt: str) -> str | None:
-    """The function the tests call: the last `def name(` line of the prompt (the loader's rule)."""
-    names = re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", prompt, flags=re.M)
-    return names[-1] if names else None
-
-
 def text_of(prompt: str) -> str:
     """The task description: the prompt's docstring without its `>>> Example:` line."""
     m = re.match(r'\s*"""\n?(.*?)"""', prompt, flags=re.S)
@@ -51,12 +46,7 @@ def text_of(prompt: str) -> str:
 
 def item_from_record(rec: dict[str, Any], where: str) -> Item:
     """Validate one queue record and build its Item (errors name `where` and the field)."""
-    unknown = sorted(set(rec) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise IlfError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(REQUIRED + OPTIONAL)})")
-    for field in REQUIRED:
-        if rec.get(field) is None:
-            raise IlfError(f"{where}: missing field {field!r}")
+    check_fields(rec, where, REQUIRED, OPTIONAL)
     tid = rec["task_id"]
     if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
         raise IlfError(f"{where}: field 'task_id' must be a non-negative integer, got {tid!r}")
