@@ -18,21 +18,13 @@ from ilf_jax.annotate.app import create_app  # noqa: E402
 from ilf_jax.annotate.store import Store  # noqa: E402
 from ilf_jax.annotate.workspace import workspace_for  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "pipeline" / "tiny.yaml"
+TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> pathlib.Path:
-    from helpers import TINY_CONFIGS, save_hf, tiny_hf_model, tiny_tokenizer
+def test_run_waits_for_app_annotations_then_resumes_on_them(tmp_path, shared_data, capsys):
+    from helpers import tiny_pipeline_model
 
-    d = tmp_path_factory.mktemp("tiny-model")
-    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), d)
-    tiny_tokenizer(d)
-    return d
-
-
-def test_run_waits_for_app_annotations_then_resumes_on_them(tmp_path, shared_data, tiny_model, capsys):
+    tiny_model = tiny_pipeline_model(tmp_path / "tiny-model")
     run_dir = tmp_path / "run"
     args = [f"model.dir={tiny_model}", f"run_dir={run_dir}", f"tasks.path={shared_data / 'mbpp' / 'mbpp.jsonl'}",
             "feedback.source=app", "feedback.annotations=null", "baselines=[zero_shot]", "report.perplexity=false",
