@@ -93,16 +93,23 @@ def save_model(
 
     Multi-process: every process calls it (Orbax writes each process's shards); only process 0
     writes the small files."""
+    return _write_dir(directory, config, PARAMS_DIR, params, tokenizer_dir, {})
+
+
+def _write_dir(directory: str | pathlib.Path, config: CodeGenConfig, tree_dir: str, tree: Any,
+               tokenizer_dir: str | pathlib.Path | None, extra: dict[str, Any]) -> pathlib.Path:
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
         meta = {"dtype": config.dtype, "param_dtype": config.param_dtype}
         (directory / ILF_META).write_text(json.dumps(meta) + "\n")
+        for name, record in extra.items():
+            (directory / name).write_text(json.dumps(record, indent=2) + "\n")
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, directory)
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory / PARAMS_DIR, params, force=True)
+        ckpt.save(directory / tree_dir, tree, force=True)
         ckpt.wait_until_finished()
     return directory
 
@@ -118,18 +125,7 @@ def save_adapters(
 ) -> pathlib.Path:
     """Write an adapter directory: config.json, `lora.json` (`meta`: base dir, rank, alpha,
     targets, base_dtype), tokenizer files and the Orbax adapters (every process calls it)."""
-    directory = pathlib.Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
-        (directory / ILF_META).write_text(json.dumps({"dtype": config.dtype, "param_dtype": config.param_dtype}) + "\n")
-        (directory / LORA_META).write_text(json.dumps(meta, indent=2) + "\n")
-        if tokenizer_dir is not None:
-            copy_tokenizer(tokenizer_dir, directory)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory / ADAPTERS_DIR, adapters, force=True)
-        ckpt.wait_until_finished()
-    return directory
+    return _write_dir(directory, config, ADAPTERS_DIR, adapters, tokenizer_dir, {LORA_META: meta})
 
 
 def load_adapters(
