@@ -25,6 +25,7 @@ def test_run_waits_for_app_annotations_then_resumes_on_them(tmp_path, shared_dat
     from helpers import tiny_pipeline_model
 
     tiny_model = tiny_pipeline_model(tmp_path / "tiny-model")
+    capsys.readouterr()
     run_dir = tmp_path / "run"
     args = [f"model.dir={tiny_model}", f"run_dir={run_dir}", f"tasks.path={shared_data / 'mbpp' / 'mbpp.jsonl'}",
             "feedback.source=app", "feedback.annotations=null", "baselines=[zero_shot]", "report.perplexity=false",
