@@ -218,6 +218,11 @@ def test_safety_off_loopback_requires_tokens_csrf_and_limits(tmp_path, rows):
         assert "script-src 'self'" in page.headers["content-security-policy"] and "<script>" not in page.text
         c.cookies.clear()
         assert c.get("/api/session").status_code == 401
+    with _client(store, ws, Settings(max_program_chars=1000)) as c:
+        h = _csrf(c)
+        item = c.post("/api/next", json={}, headers=h).json()["item"]
+        r = c.post(f"/api/items/{item['task_id']}/filter", json={"refinement": "x" * 1001}, headers=h)
+        assert r.status_code == 413 and "over 1000 characters" in r.json()["error"]
     # loopback: token-less is the local annotator, but a foreign Host (DNS rebinding) is refused
     with _client(store, ws) as c:
         assert c.get("/api/session").json()["annotator"] == "local"

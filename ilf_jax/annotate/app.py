@@ -51,7 +51,8 @@ class Settings:
     host: str = "127.0.0.1"
     local_annotator: str = "local"
     max_body_bytes: int = 256 * 1024
-    max_text_chars: int = 64 * 1024
+    max_text_chars: int = 64 * 1024  # feedback
+    max_program_chars: int = 16 * 1024  # refinements (the live filter is a quadratic edit distance)
     executor_workers: int = 1
     executor_timeout: float = 3.0
 
@@ -219,8 +220,9 @@ class Api:
             value = data.get(name)
             if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
                 raise ApiError(400, f"field {name!r} must be {kind.__name__}")
-            if isinstance(value, str) and len(value) > self.settings.max_text_chars:
-                raise ApiError(413, f"field {name!r} is over {self.settings.max_text_chars} characters")
+            limit = self.settings.max_program_chars if name == "refinement" else self.settings.max_text_chars
+            if isinstance(value, str) and len(value) > limit:
+                raise ApiError(413, f"field {name!r} is over {limit} characters")
             out[name] = value
         return out
 
