@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -348,3 +349,12 @@ def test_cli_add_annotator_and_export(tmp_path, rows):
     assert store.annotator_for_token(token + "x") is None
     out = ilf("export", str(queue), "-o", str(tmp_path / "ann.jsonl"))
     assert out.returncode == 0 and "wrote 0 annotations" in out.stdout and "0 of 1 items done" in out.stdout
+    # the real server on all interfaces: nothing without the token, everything with it
+    with server(queue, "--host", "0.0.0.0") as (_, base):
+        for path in ("/", "/api/session", "/static/app.js"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert refused.value.code == 401
+        req = urllib.request.Request(base + "/api/session", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["annotator"] == "alice"
