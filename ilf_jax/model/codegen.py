@@ -25,13 +25,14 @@ from ilf_jax.model.common import (
     no_constraint,
     positions_from_mask,
     run_blocks,
+    segment_mask,
 )
 from ilf_jax.model.config import CodeGenConfig
 
 # Logical names of a cache entry's dims. Heads before slots: the decode step then reads the cache
 # in the layout attention uses, with no per-step transpose of the whole cache.
 CACHE_AXES = ("act_batch", "act_heads", None, None)
-__all__ = ["CACHE_AXES", "Cache", "CodeGen", "Constrain", "Params", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask"]
+__all__ = ["CACHE_AXES", "Cache", "CodeGen", "Constrain", "Params", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask", "segment_mask"]
 
 
 def _init(std: float = 0.02) -> Callable:
