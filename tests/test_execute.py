@@ -113,3 +113,51 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
     proc = _ilf(str(inp), "-o", str(tmp_path / "o.jsonl"))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "line 1" in proc.stderr and "test" in proc.stderr
+
+
+def _ours(marker: str) -> list[int]:
+    """Processes of an `ilf exec` run (workers, zygotes, sandboxes: all carry its config, with `marker`)."""
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and marker.encode() in open(f"/proc/{name}/cmdline", "rb").read():
+                out.append(int(name))
+        except OSError:
+            continue
+    return out
+
+
+def _ipc() -> list[str]:
+    return sorted(ln for k in ("shm", "msg", "sem") for ln in open(f"/proc/sysvipc/{k}").read().splitlines()[1:])
+
+
+def test_sigkill_of_ilf_exec_mid_batch_leaves_nothing_and_resumes(tmp_path):
+    import signal
+    import time
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    slow = "import ctypes, time\nlibc = ctypes.CDLL(None)\nlibc.shmget(0, 4096, 0o1600)\ntime.sleep(0.4)\n" + RIGHT
+    inp.write_text("".join(json.dumps({"id": str(i), "program": slow, "test_list": ["assert f(1) == 2"]}) + "\n"
+                           for i in range(30)))
+    ipc, mounts = _ipc(), open("/proc/self/mountinfo").read()
+    temp = tmp_path / "tmp"  # the run's own TMPDIR: anything it leaves there is visible
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "ilf_jax.cli", "exec", str(inp), "-o", str(out), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temp)})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    assert _ours(str(inp)), "the batch was not running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(out.read_text().splitlines())
+    assert 3 <= done < 30
+    deadline = time.monotonic() + 30
+    while _ours(str(inp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ours(str(inp)) == []
+    assert _ipc() == ipc and open("/proc/self/mountinfo").read() == mounts
+    assert list(temp.iterdir()) == []
+    assert _ilf(str(inp), "-o", str(out), "--workers", "2").returncode == 0  # resumes: every id answered once
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(int(r["id"]) for r in rows) == list(range(30)) and all(r["verdict"] == "passed" for r in rows)

@@ -63,7 +63,8 @@ class _Worker:
         prefix = worker_prefix() if cfg["isolate"] else ()
         cfg = {**cfg, "in_user_namespace": bool(prefix)}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": _PACKAGE_ROOT, "PYTHONIOENCODING": "utf-8"}
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": _PACKAGE_ROOT, "PYTHONIOENCODING": "utf-8",
+               **({"TMPDIR": os.environ["TMPDIR"]} if "TMPDIR" in os.environ else {})}
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "ilf_jax.execute.worker", json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

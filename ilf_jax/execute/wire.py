@@ -101,7 +101,7 @@ class Encoder:
 
 def _items(enc: Encoder, obj: dict, d: int, strict: bool) -> list[Any]:
     out: list[Any] = []
-    for k, v in dict.items(obj):
+    for k, v in type(obj).items(obj):  # an exact (trusted) type: OrderedDict keeps its own order
         out.append(enc.encode(k, d, strict=True))
         out.append(enc.encode(v, d, strict=strict))
     return out
@@ -218,7 +218,7 @@ def _pairs(dec: Decoder, args: list[Any], d: int) -> list[tuple[Any, Any]]:
 
 def _fill_map(dec: Decoder, obj: dict, args: list[Any], d: int) -> None:
     for k, v in _pairs(dec, args, d):
-        dict.__setitem__(obj, k, v)
+        obj[k] = v  # obj is an exact dict / Counter / OrderedDict / defaultdict the decoder made
 
 
 def _fill_dd(dec: Decoder, obj: defaultdict, args: list[Any], d: int) -> None:
