@@ -73,6 +73,20 @@ def test_in_place_mutation_and_program_objects(executor):
     assert bad.verdict == "failed" and "gen returned a generator, not a plain value" in bad.error
 
 
+def test_fallback_without_namespaces_is_recorded_and_still_judges():
+    before = set(descendants(os.getpid()))
+    with Executor(workers=1, timeout=2.0, isolate=False) as ex:
+        ok, bad, gone = ex.run([Job("ok", RIGHT, test_list=("assert f(1) == 2",)),
+                                Job("bad", "class A:\n    def __eq__(self, o):\n        return True\ndef f(x):\n"
+                                    "    return A()\n", test_list=("assert f(1) == 2",)),
+                                Job("gone", "import os, time\nif os.fork() == 0:\n    time.sleep(100)\nos._exit(3)\n",
+                                    test_list=("assert f(1) == 2",))])
+    assert not ex.isolated and ex.isolation.startswith("no namespaces (isolation turned off)")
+    assert (ok.verdict, bad.verdict, gone.verdict) == ("passed", "failed", "error"), (ok, bad, gone)
+    assert ok.isolation == ex.isolation and "status 3" in gone.error
+    assert set(descendants(os.getpid())) <= before  # the forked sleeper went with its job
+
+
 def test_job_needs_tests():
     with pytest.raises(ValueError):
         Job("x", "pass")

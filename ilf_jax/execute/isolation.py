@@ -60,11 +60,6 @@ def new_pid_namespace(own: int) -> None:
     _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
 
 
-def enter_namespaces() -> None:
-    """New mount, IPC and network namespaces for this process."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
-
-
 def _bind(src: str, dst: str, flags: int = MS_RDONLY | MS_NOSUID | MS_NODEV) -> None:
     mount(src, dst, None, MS_BIND | MS_REC)
     mount(None, dst, None, MS_REMOUNT | MS_BIND | flags)
@@ -74,9 +69,11 @@ def _mkfile(path: str) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
 
-def build_root(binds: list[str], hide: list[str], tmpfs_kb: int, uid: int) -> None:
-    """Pivot into a new root: `binds` read-only, `hide` masked, /tmp = /var/tmp = /dev/shm a private tmpfs
-    of `tmpfs_kb` (WORK_DIR in it belongs to `uid`)."""
+def build_template(binds: list[str], hide: list[str]) -> None:
+    """Move this process (the zygote) into its own mount namespace and pivot it into the jobs' root:
+    `binds` read-only, `hide` masked, device nodes, empty /tmp and /proc to mount on per job,
+    /var/tmp and /dev/shm pointing at /tmp. The host's other mounts are detached from it."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare mount")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     new = "/tmp"  # only the staging mount point, in this mount namespace; it becomes the root
     mount("ilf-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
@@ -95,26 +92,31 @@ def build_root(binds: list[str], hide: list[str], tmpfs_kb: int, uid: int) -> No
                 mount("ilf-hidden", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0")
             else:
                 _bind("/dev/null", dst)
-    os.makedirs(new + "/dev/shm")
+    os.makedirs(new + "/dev", exist_ok=True)
     for dev in DEVICES:
         _mkfile(f"{new}/dev/{dev}")
         mount(f"/dev/{dev}", f"{new}/dev/{dev}", None, MS_BIND)
         mount(None, f"{new}/dev/{dev}", None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):
+                         ("stderr", "/proc/self/fd/2"), ("shm", "/tmp")):
         os.symlink(target, f"{new}/dev/{name}")
-    os.makedirs(new + "/tmp")
-    os.makedirs(new + "/var/tmp", exist_ok=True)
-    mount("ilf-tmp", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(tmpfs_kb, 64)}k,mode=1777")
-    os.mkdir(new + WORK_DIR, 0o700)
-    os.chown(new + WORK_DIR, uid, uid)
-    for alias in ("/var/tmp", "/dev/shm"):
-        _bind(new + "/tmp", new + alias, MS_NOSUID | MS_NODEV)
-    os.makedirs(new + "/proc")
-    mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(new + "/var", exist_ok=True)
+    os.symlink("/tmp", new + "/var/tmp")
+    os.mkdir(new + "/tmp")
+    os.mkdir(new + "/proc")
     mount(None, new, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(new)
     _pivot_root()
+
+
+def enter_job_root(tmpfs_kb: int, uid: int) -> None:
+    """In a job's init (pid 1 of its PID namespace, in the zygote's root): new mount, IPC and network
+    namespaces, a private tmpfs of `tmpfs_kb` on /tmp (WORK_DIR in it belongs to `uid`), a fresh /proc."""
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+    mount("ilf-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(tmpfs_kb, 64)}k,mode=1777")
+    os.mkdir(WORK_DIR, 0o700)
+    os.chown(WORK_DIR, uid, uid)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def _pivot_root() -> None:
@@ -147,20 +149,20 @@ def confine(limits: dict[str, int], uid: int | None) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # CPython ignores it; we want the kill -> output_limit
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
 def drop_capabilities() -> None:
     """No capabilities left, none to regain (bounding set, no_new_privs); a no-op for an unprivileged uid."""
     for cap in range(64):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    data = (Data * 2)()
-    _check(_libc.capset(ctypes.byref(Header(0x20080522, 0)), data), "capset")
+    _check(_libc.capset(ctypes.byref(_CapHeader(0x20080522, 0)), (_CapData * 2)()), "capset")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 

@@ -1,8 +1,9 @@
 """The zygote: forked by a worker before any job arrives, it makes each job's sandbox ahead of time.
 
 Asked over a unix socket (with the job's pipe ends passed as file descriptors), it forks the job's
-init as pid 1 of a new PID namespace and hands the worker a pidfd of it. The init enters new
-mount, IPC and network namespaces, builds the private root, forks the program process, which
+init as pid 1 of a new PID namespace and hands the worker a pidfd of it. The zygote itself lives in
+the jobs' read-only root (isolation.build_template); the init enters new mount, IPC and network
+namespaces, mounts its private /tmp and /proc, forks the program process, which
 confines itself (own uid, limits, no capabilities) and waits for the judge's `load`, and then
 reports the job's CPU time and the program's exit. The zygote never holds a program, a test or a
 result, so no job's sandbox starts with another job's data in its memory.
@@ -57,6 +58,12 @@ def spawn(sock: socket.socket, fds: list[int], request: dict[str, Any]) -> tuple
 def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    root_error = ""
+    if cfg["isolate"]:
+        try:
+            isolation.build_template(cfg["binds"], cfg["hide"])
+        except OSError as e:
+            root_error = f"the sandbox root could not be built: {e}"
     gc.freeze()
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, N_FDS)
@@ -64,8 +71,8 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
             return
         _reap()
         request = json.loads(msg)
-        error = ""
-        if request["namespaces"]:
+        error = root_error if request["namespaces"] else ""
+        if request["namespaces"] and not error:
             try:
                 isolation.new_pid_namespace(own_pid_ns)
             except OSError as e:
@@ -103,8 +110,9 @@ def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], namespac
             isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # with the zygote, so with the worker
             isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
             if namespaces:
-                isolation.enter_namespaces()
-                isolation.build_root(cfg["binds"], cfg["hide"], cfg["limits"]["output_kb"] + 1024, request["uid"])
+                isolation.enter_job_root(cfg["limits"]["output_kb"] + 1024, request["uid"])
+            elif request["namespaces"]:
+                raise OSError(0, "no namespaces for this sandbox")
             else:
                 isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
                 os.chdir(request["dir"])
