@@ -88,3 +88,44 @@ def test_frames_reject_garbage_and_oversize():
         wire.unframe(b'{"kind": "passed"}', 100)
     with pytest.raises(wire.TooBig):
         wire.unframe(msg, 2)
+
+
+def _judge(program: str, test: str) -> dict:
+    """Judge + program process over plain pipes (no sandbox): the protocol's semantics alone."""
+    import os
+
+    from ilf_jax.execute import judge, program as prog
+
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(req_w)
+        os.close(rep_r)
+        prog.serve(req_r, rep_w, 2000)
+    os.close(req_r)
+    os.close(rep_w)
+    try:
+        return judge.judge({"program": program, "test": test, "entry_point": ""}, judge.Pipes(req_w, rep_r),
+                           {"error_chars": 2000, "frames": 3, "reply_bytes": 1 << 20})
+    finally:
+        os.close(req_w)
+        os.close(rep_r)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("program,test,kind", [
+    ("def f(x, k=0):\n    return x + k\n", "assert f(1, k=2) == 3", "passed"),
+    ("import math\nLIMIT = {'a': (1, 2)}\ndef f(x):\n    return math.sqrt(x)\n",
+     "assert math.isclose(f(4), 2.0) and LIMIT == {'a': (1, 2)}", "passed"),
+    ("from collections import Counter\ndef f(s):\n    return Counter(s)\n", "assert f('aab') == Counter(a=2, b=1)", "passed"),
+    ("class E(KeyError):\n    pass\ndef f(x):\n    raise E(x)\n", "try:\n    f(1)\nexcept KeyError:\n    pass\nelse:\n    assert False",
+     "passed"),
+    ("def f(x):\n    return iter(x)\n", "try:\n    assert f([1]) == 1\nexcept BaseException:\n    pass", "failed"),
+    ("def f(x):\n    raise MemoryError\n", "f(1)", "memory"),
+    ("TABLE = list(range(10 ** 5))\ndef f(i):\n    return TABLE[i]\n", "assert f(7) == 7", "passed"),
+    ("def f(d):\n    d['n'] = d.get('n', 0) + 1\n", "d = {}\nf(d)\nf(d)\nassert d == {'n': 2}", "passed"),
+])
+def test_judge_semantics(program, test, kind):
+    got = _judge(program, test)
+    assert got["kind"] == kind, got

@@ -25,6 +25,8 @@ STDLIB_BINDABLE = frozenset({
     "struct", "os", "os.path", "builtins", "abc", "types",
 })
 _FRAME_LINE = 200
+_BUILTIN_EXCEPTIONS = {k: v for k, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+_VALUE_BUDGET = 1000  # containers in a global value sent to the judge at load
 
 
 def _short(text: str, limit: int) -> str:
@@ -36,7 +38,7 @@ def exception_info(exc: BaseException, limit: int) -> list[Any]:
     """["exc", type name, first builtin base, message, program frames] for a raised exception; never raises."""
     try:
         name = type(exc).__name__
-        base = next((c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"), "Exception")
+        base = next((c.__name__ for c in type(exc).__mro__ if _BUILTIN_EXCEPTIONS.get(c.__name__) is c), "Exception")
         try:
             message = _short(str(exc), limit)
         except BaseException:  # noqa: BLE001 - a hostile __str__
@@ -62,8 +64,9 @@ def _binding(name: str, obj: Any, enc: wire.Encoder) -> list[Any]:
         mod = sys.modules.get(module)
         if mod is not None and getattr(mod, qual, None) is obj:
             return [name, "import", [module, qual]]
+    small = wire.Encoder(budget=_VALUE_BUDGET)  # a big table the program built stays where it is
     try:
-        return [name, "value", enc.encode(obj, strict=True)]
+        return [name, "value", small.encode(obj, strict=True)]
     except wire.NotPlain:
         return [name, "remote", [enc.handle(obj), type(obj).__name__, callable(obj)]]
 

@@ -51,10 +51,12 @@ class Encoder:
     values of one message); `keep` holds them alive while the message is built.
     """
 
-    def __init__(self, handle: Callable[[Any], int] | None = None, memo: dict[int, int] | None = None) -> None:
+    def __init__(self, handle: Callable[[Any], int] | None = None, memo: dict[int, int] | None = None,
+                 budget: int | None = None) -> None:
         self.handle = handle
         self.memo: dict[int, int] = dict(memo or {})
         self.keep: list[Any] = []
+        self.budget = budget  # at most this many containers + elements (None: no limit)
 
     def _strict(self, obj: Any) -> None:
         raise NotPlain(f"a {_name(obj)}")
@@ -68,6 +70,10 @@ class Encoder:
             return obj if -_SMALL_INT < obj < _SMALL_INT else ["I", format(obj, "x")]
         if depth > MAX_DEPTH:
             raise NotPlain(f"a value nested deeper than {MAX_DEPTH} levels")
+        if self.budget is not None:
+            self.budget -= 1 + (len(obj) if t in _SIZED else 0)
+            if self.budget < 0:
+                raise NotPlain("a value too large to copy")
         d = depth + 1
         if t is tuple:
             return ["T", *[self.encode(x, d, strict=strict) for x in obj]]
@@ -122,7 +128,7 @@ _MUTABLE: dict[type, Callable[[Encoder, Any, int, bool], list[Any]]] = {
     OrderedDict: lambda e, o, d, s: ["O", *_items(e, o, d, s)],
     defaultdict: _defaultdict,
 }
-MUTABLE_TYPES = tuple(_MUTABLE)
+_SIZED = (tuple, frozenset, *_MUTABLE)
 
 
 class Decoder:
