@@ -143,6 +143,48 @@ def tiny_tokenizer(directory: pathlib.Path, vocab_size: int = 256) -> pathlib.Pa
     return directory
 
 
+CODE_CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "def first(xs):\n    if not xs:\n        return None\n    return xs[0]\n",
+    '"""\nWrite a function to sum a list.\n>>> Example: sum_list([1, 2]) = 3\n"""\n',
+    "for i in range(10):\n    print(i * i)\n",
+    "    x = 1\n\n# a comment\n    y = 2\n\n\n",
+] * 4
+
+
+def crossing_bpe_tokenizer(directory: pathlib.Path, vocab_size: int = 400) -> pathlib.Path:
+    """A byte-level BPE without a pre-tokenizer split, so merges cross newlines and spaces
+    (tokens like ":\n    " and "\n\n#"); EOS `<|endoftext|>` at id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CODE_CORPUS, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>").save_pretrained(directory)
+    return directory
+
+
+def sentencepiece_tokenizer(directory: pathlib.Path, vocab_size: int = 400) -> pathlib.Path:
+    """A Llama-2-style tokenizer: `▁` for spaces with a dummy prefix, merges across spaces,
+    byte fallback (`<0x0A>` for newlines, which no piece contains), `<unk>`/`<s>`/`</s>` at 0/1/2
+    and the decoder chain of Llama's tokenizer.json (Replace, ByteFallback, Fuse, Strip)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator([t.replace("\n", " ") for t in CODE_CORPUS], trainer)  # no piece holds a newline
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>", unk_token="<unk>", pad_token="</s>").save_pretrained(directory)
+    return directory
+
+
 def passes_own_asserts(code: str, task) -> bool:
     """Whether `code` passes the task's asserts, run in-process: only for the project's own generated tasks."""
     env: dict = {}
