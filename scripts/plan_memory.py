@@ -1,4 +1,4 @@
-"""Per-device memory of training and sampling a CodeGen model on a mesh, before renting the pod.
+"""Per-device memory of training and sampling a model (any family) on a mesh, before renting the pod.
 
 Computed from `jax.eval_shape` of the real init, optimizer, loss and cache (nothing is allocated):
 
@@ -25,12 +25,12 @@ def main() -> None:
     parser.add_argument("--device-gib", type=float, default=None, help="device memory, to print headroom")
     args = parser.parse_args()
 
-    from ilf_jax.model.config import CodeGenConfig
+    from ilf_jax.model.family import config_from_file
     from ilf_jax.parallel.memory import plan
     from ilf_jax.parallel.mesh import parse_mesh
     from ilf_jax.train import TrainConfig, make_optimizer
 
-    config = CodeGenConfig.from_file(args.model_config)
+    config = config_from_file(args.model_config)
     changes = {"remat": args.remat}
     if args.param_dtype:
         changes["param_dtype"] = args.param_dtype

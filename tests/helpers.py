@@ -35,13 +35,15 @@ LLAMA_TINY = {
 }
 
 
-def tiny_hf_llama(name: str, seed: int = 0, std: float = 0.2):
-    """A random Llama-family causal LM of `LLAMA_TINY[name]` (fp32, eager attention, eval mode)."""
+def tiny_hf_llama(name: str, seed: int = 0, std: float = 0.2, **changes):
+    """A random Llama-family causal LM of `LLAMA_TINY[name]` (fields updated by `changes`; fp32,
+    eager attention, eval mode)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, kw = LLAMA_TINY[name]
-    cfg = AutoConfig.for_model(model_type, max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=0, **kw)
+    kw = {"max_position_embeddings": 128, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, **kw, **changes}
+    cfg = AutoConfig.for_model(model_type, **kw)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():
@@ -195,8 +197,15 @@ def passes_own_asserts(code: str, task) -> bool:
     return True
 
 
-def tiny_pipeline_model(directory: pathlib.Path) -> pathlib.Path:
-    """The tiny random CodeGen + tokenizer that configs/pipeline/tiny.yaml runs are tested with."""
-    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), directory)
+PIPELINE_MODELS = {
+    "codegen": lambda: tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}),
+    "llama": lambda: tiny_hf_llama("llama-gqa", vocab_size=256, max_position_embeddings=256),
+}
+
+
+def tiny_pipeline_model(directory: pathlib.Path, family: str = "codegen") -> pathlib.Path:
+    """The tiny random model (CodeGen, or a GQA Llama) + tokenizer that configs/pipeline/tiny.yaml
+    runs are tested with."""
+    save_hf(PIPELINE_MODELS[family](), directory)
     tiny_tokenizer(directory)
     return directory

@@ -34,6 +34,8 @@ def decode_continuation(tokenizer: Any, ids: Sequence[int]) -> str:
 def token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
     """The in-context text of every id below `vocab_size` ('' for ids the tokenizer does not know)."""
     n = min(vocab_size, len(tokenizer))
+    if n == 0:
+        return [""] * vocab_size
     anchor, prefix = _anchor(tokenizer)
     texts = tokenizer.batch_decode([anchor + [i] for i in range(n)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
     out = [t[len(prefix):] if t.startswith(prefix) else _decode(tokenizer, [i]) for i, t in enumerate(texts)]
@@ -67,7 +69,7 @@ def byte_fallback_values(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     that byte rather than to its own spelling), else -1."""
     n = min(len(texts), len(tokenizer))
     out = [-1] * len(texts)
-    for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(n)))):
+    for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(n))) if n else []):
         m = _BYTE_TOKEN.fullmatch(tok or "")
         if m and texts[i] != tok:
             out[i] = int(m.group(1), 16)
