@@ -76,6 +76,17 @@ def test_bad_lora_config_fails_with_one_line():
     assert cfg.lora == LoraConfig(rank=4, targets=("q",)) and TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_cli_overrides_make_a_lora_section(tmp_path):
+    from ilf_jax.train.cli import load_run_config
+
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("model: m\ndata: d.jsonl\nout_dir: out\npacking: true\n")
+    _, cfg = load_run_config(yaml_path, ["lora.rank=2", "lora.targets=[q,v]", "lora.base_dtype=bfloat16"])
+    assert cfg.packing and cfg.lora == LoraConfig(rank=2, targets=("q", "v"), base_dtype="bfloat16")
+    _, plain = load_run_config(yaml_path, [])
+    assert plain.lora is None
+
+
 def test_lora_step_keeps_base_identical_and_optimizer_state_adapter_only():
     params = init_params(CONFIG, jax.random.key(0))
     lora = _lora(rank=2)
