@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench_common import matmul_peak
+from bench_common import matmul_peak, random_codegen
 
 
 def _step_flops(cfg: dict, batch: int, seq: int) -> float:
@@ -67,11 +67,7 @@ def main() -> None:
     import jax
     import numpy as np
     import torch
-    from transformers import CodeGenConfig as HFConfig
-    from transformers import CodeGenForCausalLM
 
-    from ilf_jax.model.config import CodeGenConfig
-    from ilf_jax.model.convert import load_hf_params
     from ilf_jax.parallel import make_mesh
     from ilf_jax.train import TrainConfig, init_state, learning_rate_schedule, make_optimizer, make_train_step, state_shardings
 
@@ -83,14 +79,7 @@ def main() -> None:
                        remat=args.remat, dtype=args.dtype, mesh=(1, 1, 1))
     total = args.steps + 1
 
-    torch.manual_seed(0)
-    hf = CodeGenForCausalLM(HFConfig(**cfg, n_ctx=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        config = CodeGenConfig.from_file(f"{tmp}/config.json").replace(dtype=args.dtype, remat=args.remat)
-        params = load_hf_params(tmp, config)
+    hf, config, params = random_codegen(args)
 
     peak = matmul_peak()
     flops = _step_flops(cfg, b, t)

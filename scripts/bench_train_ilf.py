@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pathlib
 import random
-import tempfile
 import time
 from typing import Any
 
@@ -47,11 +46,7 @@ def run_ilf(args: Any) -> None:
     import jax
     import numpy as np
     import torch
-    from transformers import CodeGenConfig as HFConfig
-    from transformers import CodeGenForCausalLM
 
-    from ilf_jax.model.config import CodeGenConfig
-    from ilf_jax.model.convert import load_hf_params
     from ilf_jax.model.store import lora_of
     from ilf_jax.parallel import make_mesh
     from ilf_jax.parallel.sharding import param_shardings
@@ -75,13 +70,9 @@ def run_ilf(args: Any) -> None:
 
     if len(tok) > args.vocab:
         raise SystemExit(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tok)} tokens")
-    cfg = dict(vocab_size=args.vocab, n_positions=2048, n_embd=args.width, n_layer=args.layers, n_head=args.heads, rotary_dim=32)
-    torch.manual_seed(0)
-    hf = CodeGenForCausalLM(HFConfig(**cfg, n_ctx=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        config = CodeGenConfig.from_file(f"{tmp}/config.json").replace(dtype=args.dtype, remat=args.remat)
-        params0 = load_hf_params(tmp, config)
+    from bench_common import random_codegen
+
+    hf, config, params0 = random_codegen(args)
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
 
     def ours(mode: str, lora_rank: int = 0) -> dict[str, float]:

@@ -29,7 +29,7 @@ def _lora(targets=ALL, rank=4, alpha=8.0, config=CONFIG):
 def test_sites_from_logical_names_and_sharded_like_their_base():
     sites = projection_sites(param_specs(CONFIG), abstract_params(CONFIG))
     by = {(s.path, s.role): s for s in sites}
-    e, h, d = CONFIG.n_embd, CONFIG.n_head, CONFIG.head_dim
+    h, d = CONFIG.n_head, CONFIG.head_dim
     assert len(sites) == 6 * CONFIG.n_layer
     assert [by[(("h_0", "attn", "qkv"), r)].slot for r in "qkv"] == [0, 1, 2]
     assert by[(("h_0", "attn", "qkv"), "k")].out_shape == (h, d)
