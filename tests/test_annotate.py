@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -19,6 +20,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
 from starlette.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from annotate_case import REPO, server, surge_rows, write_queue  # noqa: E402
 from ilf_jax.annotate.app import Settings, create_app  # noqa: E402
@@ -218,11 +220,20 @@ def test_safety_off_loopback_requires_tokens_csrf_and_limits(tmp_path, rows):
         assert "script-src 'self'" in page.headers["content-security-policy"] and "<script>" not in page.text
         c.cookies.clear()
         assert c.get("/api/session").status_code == 401
+    with _client(store, ws, Settings(max_program_chars=1000)) as c:
+        h = _csrf(c)
+        item = c.post("/api/next", json={}, headers=h).json()["item"]
+        r = c.post(f"/api/items/{item['task_id']}/filter", json={"refinement": "x" * 1001}, headers=h)
+        assert r.status_code == 413 and "over 1000 characters" in r.json()["error"]
     # loopback: token-less is the local annotator, but a foreign Host (DNS rebinding) is refused
     with _client(store, ws) as c:
         assert c.get("/api/session").json()["annotator"] == "local"
         assert c.get("/api/session", headers={"Host": "evil.example:8765"}).status_code == 403
         assert c.get("/api/session", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        with pytest.raises(WebSocketDisconnect) as closed:  # only authenticated HTTP reaches the app
+            with c.websocket_connect("/api/session"):
+                pass
+        assert closed.value.code == 1008
 
 
 def test_killing_the_server_loses_no_acknowledged_save(tmp_path, rows):
@@ -343,3 +354,12 @@ def test_cli_add_annotator_and_export(tmp_path, rows):
     assert store.annotator_for_token(token + "x") is None
     out = ilf("export", str(queue), "-o", str(tmp_path / "ann.jsonl"))
     assert out.returncode == 0 and "wrote 0 annotations" in out.stdout and "0 of 1 items done" in out.stdout
+    # the real server on all interfaces: nothing without the token, everything with it
+    with server(queue, "--host", "0.0.0.0") as (_, base):
+        for path in ("/", "/api/session", "/static/app.js"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert refused.value.code == 401
+        req = urllib.request.Request(base + "/api/session", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["annotator"] == "alice"

@@ -41,9 +41,6 @@ def _open(target: str, lease_minutes: float = 10.0, workers: int = 1, timeout: f
     from ilf_jax.annotate.workspace import workspace_for
 
     ws = workspace_for(target)
-    if not ws.queue.is_file() and not ws.database.is_file():
-        raise IlfError(f"{ws.queue}: no annotation queue; run the pipeline with feedback.source=app "
-                       f"(its feedback stage writes it), or pass a queue JSONL")
     if lease_minutes <= 0:
         raise IlfError(f"--lease-minutes={lease_minutes}: must be positive")
     store = Store(ws.database, lease_s=lease_minutes * 60)

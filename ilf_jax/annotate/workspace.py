@@ -1,14 +1,17 @@
-"""Where an annotation session keeps its files: `RUN_DIR/annotate/` for a run, `NAME.annotate/`
-beside a queue JSONL. The export and progress files are the contract with the pipeline."""
+"""Where an annotation session keeps its files: `RUN_DIR/annotate/r{R}/` for a run waiting on
+`feedback.source: app`, `NAME.annotate/` beside a queue JSONL. The queue, export and progress
+files are the contract with the pipeline (`ilf_jax.pipeline.app_feedback`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 
 from ilf_jax.errors import IlfError
+from ilf_jax.pipeline.app_feedback import EXPORT, PROGRESS, QUEUE, WORKSPACE
 
-QUEUE, DATABASE, EXPORT, PROGRESS = "queue.jsonl", "annotations.sqlite", "annotations.jsonl", "progress.json"
+DATABASE = "annotations.sqlite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +34,23 @@ class Workspace:
         return self.dir / PROGRESS
 
 
-def run_workspace(run_dir: pathlib.Path) -> Workspace:
-    """A run's annotation folder (its queue is written by the run's feedback stage)."""
-    return Workspace(run_dir / "annotate", run_dir / "annotate" / QUEUE)
+def _round(path: pathlib.Path) -> int:
+    m = re.fullmatch(r"r(\d+)", path.name)
+    return int(m.group(1)) if m else -1
 
 
 def workspace_for(target: str | pathlib.Path) -> Workspace:
-    """The workspace of a run directory or of a queue JSONL file."""
+    """The workspace of a queue JSONL file, of a workspace folder, or of a run directory (its
+    latest round with a queue)."""
     path = pathlib.Path(target)
-    if path.is_dir():
-        return run_workspace(path)
     if path.is_file():
         return Workspace(path.with_name(path.stem + ".annotate"), path)
-    raise IlfError(f"{path}: neither a run directory nor a queue JSONL file")
+    if not path.is_dir():
+        raise IlfError(f"{path}: neither a run directory nor a queue JSONL file")
+    if (path / QUEUE).is_file() or (path / DATABASE).is_file():
+        return Workspace(path, path / QUEUE)
+    rounds = sorted((d for d in (path / WORKSPACE).glob("r*") if (d / QUEUE).is_file()), key=_round)
+    if not rounds:
+        raise IlfError(f"{path}: no annotation queue in {path / WORKSPACE}; run the pipeline with "
+                       f"feedback.source=app (its r1.annotate stage writes the queue), or pass a queue JSONL")
+    return Workspace(rounds[-1], rounds[-1] / QUEUE)

@@ -2,7 +2,7 @@
 
 Parameters and optimizer state are split by the same rule table the real run uses; activations
 are the residuals that `jax.vjp` keeps for the backward pass of one micro-batch on one replica;
-the KV cache is the sampler's, batch over ('data', 'fsdp') and heads over 'tensor'. It runs on
+the KV cache is the sampler's, batch over ('data', 'fsdp') and (kv) heads over 'tensor'. It runs on
 any machine: the mesh is abstract, so a pod can be planned before it is rented.
 
 With a `Lora`, the trained tree is the adapters: params are the frozen base (in its dtype) plus
@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from ilf_jax.model.codegen import CACHE_AXES, abstract_params, init_cache, param_specs
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig, abstract_params, cache_axes, init_cache, param_specs
 from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.mesh import AXES
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, logical_spec
@@ -43,7 +42,7 @@ def shard_bytes(shape: Sequence[int], dtype: Any, spec: PartitionSpec, mesh: Abs
     return math.prod(dims) * jnp.dtype(dtype).itemsize
 
 
-def _trained(config: CodeGenConfig, lora: Lora | None) -> tuple[Any, Any]:
+def _trained(config: ModelConfig, lora: Lora | None) -> tuple[Any, Any]:
     """(abstract tree, logical specs) of what is trained: the params, or the LoRA adapters."""
     if lora is None:
         return abstract_params(config), param_specs(config)
@@ -60,13 +59,13 @@ def _tree_bytes(shapes: Any, specs: Any, mesh: AbstractMesh) -> int:
     return sum(jax.tree.leaves(sizes))
 
 
-def param_bytes(config: CodeGenConfig, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES, lora: Lora | None = None) -> int:
+def param_bytes(config: ModelConfig, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES, lora: Lora | None = None) -> int:
     """Per-device bytes of the parameters (with `lora`: of the adapters alone)."""
     shapes, names = _trained(config, lora)
     return _tree_bytes(shapes, _spec_tree(shapes, names, mesh, rules), mesh)
 
 
-def lora_merged_bytes(config: CodeGenConfig, lora: Lora, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+def lora_merged_bytes(config: ModelConfig, lora: Lora, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device bytes of the merged adapted kernels, in the compute dtype."""
     shapes = abstract_params(config)
     merged = {s.path for s in lora.sites}
@@ -78,7 +77,7 @@ def lora_merged_bytes(config: CodeGenConfig, lora: Lora, mesh: AbstractMesh, rul
     return total
 
 
-def optimizer_bytes(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES,
+def optimizer_bytes(config: ModelConfig, tx: optax.GradientTransformation, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES,
                     lora: Lora | None = None) -> int:
     """Per-device bytes of the optimizer state (moments split like their parameters)."""
     trained, names = _trained(config, lora)
@@ -94,7 +93,7 @@ def optimizer_bytes(config: CodeGenConfig, tx: optax.GradientTransformation, mes
     return _tree_bytes(shapes, specs, mesh)
 
 
-def _residual_bytes(config: CodeGenConfig, rows: int, seq_len: int, lora: Lora | None = None) -> int:
+def _residual_bytes(config: ModelConfig, rows: int, seq_len: int, lora: Lora | None = None) -> int:
     from ilf_jax.train.step import loss_sums
 
     spec = lambda dtype: jax.ShapeDtypeStruct((rows, seq_len), dtype)  # noqa: E731
@@ -107,7 +106,7 @@ def _residual_bytes(config: CodeGenConfig, rows: int, seq_len: int, lora: Lora |
     return sum(math.prod(r.shape) * jnp.dtype(r.dtype).itemsize for r in jax.tree.leaves(vjp_fn))
 
 
-def activation_bytes(config: CodeGenConfig, rows: int, seq_len: int, lora: Lora | None = None) -> int:
+def activation_bytes(config: ModelConfig, rows: int, seq_len: int, lora: Lora | None = None) -> int:
     """Bytes of the residuals the backward pass keeps for `rows` sequences of `seq_len` on one replica.
 
     The vjp closure also holds the weights; they do not grow with the batch, so the per-row part
@@ -118,14 +117,14 @@ def activation_bytes(config: CodeGenConfig, rows: int, seq_len: int, lora: Lora 
     return rows * per_row
 
 
-def cache_bytes(config: CodeGenConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+def cache_bytes(config: ModelConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device bytes of the sampler's KV cache for `batch` rows of `slots` positions."""
     cache = jax.eval_shape(lambda: init_cache(config, batch, slots))
-    return sum(shard_bytes(c.shape, c.dtype, logical_spec(CACHE_AXES, c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
+    return sum(shard_bytes(c.shape, c.dtype, logical_spec(cache_axes(config), c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
 
 
 def plan(
-    config: CodeGenConfig,
+    config: ModelConfig,
     mesh_shape: Sequence[int],
     tx: optax.GradientTransformation,
     micro_batch: int,
