@@ -121,6 +121,18 @@ def test_cli_writes_results_and_resumes(tmp_path):
     assert len(out.read_text().splitlines()) == 3  # nothing rerun
 
 
+def test_cli_input_and_output_are_out_of_the_sandboxes_reach(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    probe = f"import os\nseen = [p for p in ({str(inp)!r}, {str(out)!r}, {str(tmp_path)!r}) if os.path.exists(p)]\n"
+    inp.write_text(json.dumps({"id": "p", "program": probe + RIGHT.replace("x + 1", "x + 1 + len(seen)"),
+                               "test_list": ["assert f(1) == 2"]}) + "\n")
+    assert _ilf(str(inp), "-o", str(out)).returncode == 0
+    row = json.loads(out.read_text())
+    if not row["isolation"].startswith("mount+pid"):
+        pytest.skip("no namespaces on this kernel: " + row["isolation"])
+    assert row["verdict"] == "passed", row
+
+
 def test_cli_bad_input_is_one_line_error(tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "a", "program": "x"}) + "\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import importlib
 import linecache
 import operator
@@ -295,6 +296,7 @@ class _ExplainAsserts(ast.NodeTransformer):
         return ast.copy_location(ast.Expr(call), node)
 
 
+@functools.lru_cache(maxsize=256)  # the samples of one task share their tests
 def compile_test(source: str) -> Any:
     """Test code with explaining asserts, compiled under the file name `<test>`."""
     tree = _ExplainAsserts(source).visit(ast.parse(source, "<test>"))
