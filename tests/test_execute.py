@@ -70,6 +70,8 @@ def test_in_place_mutation_and_program_objects(executor):
              "assert unbox(b) == 5 and b.get() == 5 and b.v == 5")
     ok, bad = executor.run([Job("ok", prog, test_list=tests), Job("bad", prog, test_list=("assert list(gen(2)) == [0, 1]",))])
     assert ok.verdict == "passed", ok
+    shadow = "def max(*a):\n    return 0\ndef f(x):\n    return x\n"  # the prefetch plan is wrong: run again without
+    assert executor.run([Job("shadow", shadow, test_list=("assert max(1, 2) == 0", "assert f(3) == 3"))])[0].passed
     assert bad.verdict == "failed" and "gen returned a generator, not a plain value" in bad.error
 
 

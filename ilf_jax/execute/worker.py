@@ -295,15 +295,19 @@ class Worker:
             if not self.namespaces:
                 self._reap_strays()
 
-    def _run(self, job: dict[str, Any], start: float) -> dict[str, Any]:
+    def _run(self, job: dict[str, Any], start: float, prefetch: bool = True) -> dict[str, Any]:
         box = self.take_sandbox()
         try:
             watch = Supervisor(self, box, start)
-            try:
-                self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
-            except OSError:
-                self.spare = None
-            outcome = judge(job, watch, self.cfg)
+            if self.spare is None:
+                try:
+                    self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
+                except OSError:
+                    self.spare = None
+            outcome = judge(job, watch, self.cfg, prefetch)
+            if outcome["kind"] == "rerun" and not watch.stopped:
+                box.kill()
+                return self._run(job, start, prefetch=False)
             if outcome["kind"] == "gone" and not watch.stopped:
                 watch.wait_status()
             watch.finish()
@@ -391,6 +395,9 @@ class Supervisor:
             if box.status is not None:
                 box.end_processes()  # the program ended: nothing of the job may outlive it
         self.cpu = box.cpu - self.cpu0
+        if any(fd in r for fd in read + write):
+            return [fd for fd in r if fd in read], [fd for fd in w if fd in write]  # the channel first: what
+            # the program answered before it went over a limit still counts (a prefetched call may run ahead)
         if self.out_bytes > self.out_cap:
             self._stop("output")
         if self.cpu > self.cfg["timeout"]:
