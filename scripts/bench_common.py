@@ -84,3 +84,8 @@ def matmul_flops_per_token(config: Any, context: int) -> tuple[float, float]:
     weights = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(config)) if len(x.shape) >= 2)
     blocks = 2 * (weights - e * v * (1 if config.tie_word_embeddings else 2)) + config.n_layer * 4 * context * config.n_head * config.head_size
     return blocks, 2 * e * v
+
+
+def random_codegen(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """`bench_models` of a CodeGen of the benchmark's shape, dtype and remat (the ILF workload's model)."""
+    return bench_models(argparse.Namespace(**{**vars(args), "family": "codegen"}), dtype=args.dtype, remat=args.remat)

@@ -10,6 +10,17 @@ Prints tokens/s of each, the ratio, and our model-FLOP utilisation: model FLOPs 
 divided by a dense fp32 matmul peak measured here with JAX.
 
     python scripts/bench_train.py [--family codegen|llama] [--steps 2] [--rounds 2] [--batch 8] [--seq 512] [--remat] [--dtype float32]
+
+`--workload ilf` (issue 15) trains on ILF's real example lengths instead: task prompt + gold body
+of MBPP tasks and refinement prompt + target of every annotation in surge_annotations.jsonl,
+tokenized (a byte-level BPE trained on those texts, or `--tokenizer DIR`), truncated to 1024 /
+512 tokens, an optimizer step of `--batch` examples. One epoch over the same examples with each
+of: our padded step (random order, and grouped by length), our packed step (rows of 1024
+tokens), and a plain PyTorch loop with padding to each micro-batch's longest (the TRL-style
+baseline); it prints useful (non-pad) tokens/s of each, then LoRA vs full fine-tuning step
+time and XLA's peak memory of the compiled step (arguments + temporaries) on the packed batches.
+
+    python scripts/bench_train.py --workload ilf [--examples 96] [--batch 32] [--layers 4] [--width 256] [--heads 4]
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench_common import add_model_args, bench_models, describe, matmul_flops_per_token, matmul_peak
+from bench_common import VOCAB, add_model_args, bench_models, describe, matmul_flops_per_token, matmul_peak
 
 
 def _step_flops(config, batch: int, seq: int) -> float:
@@ -35,7 +46,20 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (best kept)")
+    p.add_argument("--workload", default="lm", choices=("lm", "ilf"), help="lm: random full rows; ilf: real ILF example lengths")
+    p.add_argument("--examples", type=int, default=96, help="ilf: examples in the timed epoch")
+    p.add_argument("--micro-batch", type=int, default=4, help="ilf: padded rows per micro-batch")
+    p.add_argument("--pack-rows", type=int, default=2, help="ilf: packed 1024-token rows per micro-batch")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--tokenizer", default=None, help="ilf: a tokenizer directory (default: a BPE trained on the texts)")
+    p.add_argument("--data", default=None, help="ilf: the shared data folder (default: ../shared/data)")
     args = p.parse_args()
+    args.vocab = args.vocab or VOCAB[args.family]
+    if args.workload == "ilf":
+        from bench_train_ilf import run_ilf
+
+        run_ilf(args)
+        return
 
     import jax
     import numpy as np
