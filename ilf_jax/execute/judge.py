@@ -5,7 +5,9 @@ the sandboxed program process (ilf_jax/execute/program.py) and turns the reply b
 values (or raises the program's exception). Asserts, `approx` and `isclose` therefore compare only
 values the judge built itself. A program object that is not plain data stays a handle: it can be
 passed back to the program, called, or have attributes read and set; any other use (comparing,
-printing, iterating...) fails the job: "returned a <type>, not a plain value".
+printing, iterating...) fails the job: "returned a <type>, not a plain value". The calls that
+prefetch.py finds in the tests' straight-line opening are sent along with the program; their
+replies are used in order when the tests make exactly those calls.
 """
 
 from __future__ import annotations

@@ -402,44 +402,53 @@ class Supervisor:
         self.buf = b""
         for fd in (box.req_w, box.rep_r):
             os.set_blocking(fd, False)
-        self.watched = [box.out_r, box.err_r, box.status_r, worker.proto_in]
+        self.watched = [box.out_r, box.err_r, box.status_r]
 
     def _stop(self, reason: str) -> None:
         self.stopped = self.stopped or reason
         raise Stopped(reason)
 
     def _round(self, read: list[int], write: list[int]) -> tuple[list[int], list[int]]:
-        """One select round; handles everything but the channel; raises Stopped at a limit."""
+        """One poll round; handles everything but the channel; raises Stopped at a limit."""
         if self.stopped:
             raise Stopped(self.stopped)
         box = self.box
-        r, w, _ = select.select(read + self.watched, write, [], max(0.0, self.deadline - time.monotonic()))
-        if self.worker.proto_in in r:
+        poller = select.poll()
+        for fd in self.watched + read:
+            poller.register(fd, select.POLLIN)
+        for fd in write:
+            poller.register(fd, select.POLLOUT)
+        poller.register(self.worker.proto_in, 0)  # hang-up only: the next job may already be waiting there
+        timeout_ms = max(0, int((self.deadline - time.monotonic()) * 1000) + 1)
+        events = dict(poller.poll(timeout_ms))
+        if events.get(self.worker.proto_in, 0) & (select.POLLHUP | select.POLLERR):
             self._stop("caller")
+        r = [fd for fd, ev in events.items() if ev & (select.POLLIN | select.POLLHUP | select.POLLERR)]
+        w = [fd for fd in write if events.get(fd, 0) & (select.POLLOUT | select.POLLERR | select.POLLHUP)]
         for fd in (box.out_r, box.err_r):
-            if fd in r:
+            if fd in r and fd in self.watched:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     self.watched.remove(fd)
                 self.out_bytes += len(chunk)
                 if fd == box.err_r:
                     self.stderr = (self.stderr + chunk)[-_STDERR_TAIL:]
-        if box.status_r in r:
+        if box.status_r in r and box.status_r in self.watched:
             if not box.read_status():
                 self.watched.remove(box.status_r)
             if box.status is not None:
                 box.end_processes()  # the program ended: nothing of the job may outlive it
         self.cpu = box.cpu - self.cpu0
-        if any(fd in r for fd in read + write):
-            return [fd for fd in r if fd in read], [fd for fd in w if fd in write]  # the channel first: what
-            # the program answered before it went over a limit still counts (a prefetched call may run ahead)
+        ready_read, ready_write = [fd for fd in read if fd in r], w
+        if ready_read or ready_write:  # the channel first: what the program answered before it went over
+            return ready_read, ready_write  # a limit still counts (a prefetched call may run ahead)
         if self.out_bytes > self.out_cap:
             self._stop("output")
         if self.cpu > self.cfg["timeout"]:
             self._stop("cpu")
         if time.monotonic() >= self.deadline:
             self._stop("wall")
-        return [fd for fd in r if fd in read], [fd for fd in w if fd in write]
+        return ready_read, ready_write
 
     def send(self, obj: Any) -> None:
         data = wire.frame(obj)
