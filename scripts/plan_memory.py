@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ilf_jax.model.config import CodeGenConfig
-    from ilf_jax.parallel.memory import plan
+    from ilf_jax.train.memory import plan
     from ilf_jax.parallel.mesh import parse_mesh
     from ilf_jax.train import TrainConfig, make_optimizer
 

@@ -8,7 +8,8 @@ import pytest
 
 from ilf_jax.demo import cli, prepare
 from ilf_jax.errors import IlfError
-from ilf_jax.pipeline.config import resolve
+from ilf_jax.configfile import from_mapping, to_data
+from ilf_jax.pipeline.config import TasksSection, resolve
 
 
 def test_shipped_config_resolves_and_one_seed_drives_everything(tmp_path):
@@ -18,7 +19,7 @@ def test_shipped_config_resolves_and_one_seed_drives_everything(tmp_path):
     assert raw["sampling"]["seed"] == 7 and raw["sampling"]["n"] == 3
     assert raw["feedback"]["annotator_seed"] == 7
     assert raw["refiner"]["train"]["seed"] == raw["finetune"]["train"]["seed"] == 7
-    cfg = resolve({**raw, "model": {"dir": str(tmp_path / "m")}}, tmp_path)
+    cfg = to_data(resolve({**raw, "model": {"dir": str(tmp_path / "m")}}, tmp_path))
     assert cfg["tasks"]["source"] == "factory" and cfg["feedback"]["source"] == "scripted"
     assert cfg["evaluation"]["sampling"]["n"] >= 10 and cfg["evaluation"]["ks"] == [1, 10]
     assert cfg["run_dir"] == str(tmp_path / "r")
@@ -48,18 +49,18 @@ def test_prepare_is_resumable_and_reruns_what_changed(tmp_path):
         "demo.pretrain.batch_size=16", "demo.tokenizer.vocab_size=300",
         "tasks.factory_args.n_refine=3", "tasks.factory_args.n_train=3", "tasks.factory_args.n_test=3"])
     logs: list[str] = []
-    model = prepare.prepare(tmp_path, demo, raw["tasks"], progress=False, log=logs.append)
+    model = prepare.prepare(tmp_path, demo, from_mapping(TasksSection, raw["tasks"]), progress=False, log=logs.append)
     assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
     state = json.loads((tmp_path / "base" / prepare.STATE).read_text())
     assert state["pretrain"]["steps"] == 4 and state["corpus"]["documents"] == 64
     assert json.loads((model / "config.json").read_text())["n_layer"] == 1
 
     logs.clear()
-    prepare.prepare(tmp_path, demo, raw["tasks"], progress=False, log=logs.append)
+    prepare.prepare(tmp_path, demo, from_mapping(TasksSection, raw["tasks"]), progress=False, log=logs.append)
     assert len(logs) == 1 and "ready" in logs[0]  # nothing redone
 
     logs.clear()
     demo["pretrain"]["learning_rate"] = 1e-3  # only the pretraining step depends on it
-    prepare.prepare(tmp_path, demo, raw["tasks"], progress=False, log=logs.append)
+    prepare.prepare(tmp_path, demo, from_mapping(TasksSection, raw["tasks"]), progress=False, log=logs.append)
     assert not any("corpus" in line or "tokenizer" in line for line in logs)
     assert any("base model:" in line for line in logs)

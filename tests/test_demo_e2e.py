@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from ilf_jax.pipeline.records import read_jsonl
+from ilf_jax.jsonl import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIN_GAIN = 0.10

@@ -5,7 +5,7 @@ import pytest
 
 from ilf_jax.model import CodeGenConfig, init_params
 from ilf_jax.parallel import make_mesh
-from ilf_jax.parallel.memory import abstract_mesh, activation_bytes, cache_bytes, optimizer_bytes, param_bytes
+from ilf_jax.train.memory import abstract_mesh, activation_bytes, cache_bytes, optimizer_bytes, param_bytes
 from ilf_jax.train import TrainConfig, init_state, make_optimizer, state_shardings
 
 CONFIG = CodeGenConfig(vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=8, rotary_dim=4, bos_token_id=0, eos_token_id=0)

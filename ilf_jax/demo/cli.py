@@ -74,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
     probe = copy.deepcopy(raw)
     probe.setdefault("model", {})["dir"] = "(prepared)"
     cfg = resolve(probe, pathlib.Path.cwd())  # check the pipeline config before spending minutes
-    run_dir = pathlib.Path(cfg["run_dir"])
+    run_dir = pathlib.Path(cfg.run_dir)
     print(f"ilf demo: run directory {run_dir} (seed {demo['seed']})", flush=True)
-    model = prepare(run_dir, demo, cfg["tasks"], progress=not args.no_progress)
+    model = prepare(run_dir, demo, cfg.tasks, progress=not args.no_progress)
     raw.setdefault("model", {})["dir"] = str(model)
     cfg = resolve(raw, pathlib.Path.cwd())
     opened = open_run(cfg, progress=not args.no_progress)
     print(f"ilf demo: {len(opened.stages)} pipeline stages "
-          f"({', '.join(f'{k} {len(v)}' for k, v in opened.resources.task_set.splits.items())} tasks)", flush=True)
+          f"({', '.join(f'{k} {len(v)}' for k, v in opened.services.task_set.splits.items())} tasks)", flush=True)
     execute(opened)
     res = json.loads((run_dir / report.RESULTS).read_text())
     sys.stdout.write(summary_text(res, run_dir, time.time() - t0))

@@ -23,7 +23,7 @@ import shutil
 import time
 from typing import Any, Callable, Mapping
 
-from ilf_jax.pipeline.records import atomic_write_json, read_json, read_jsonl, write_jsonl
+from ilf_jax.jsonl import atomic_write_json, read_json, read_jsonl, write_jsonl
 
 BASE = "base"
 STATE = "prepare.json"
@@ -77,7 +77,7 @@ def model_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
     return pathlib.Path(run_dir).absolute() / BASE / PRETRAIN_DIR / MODEL_DIR
 
 
-def prepare(run_dir: str | pathlib.Path, demo: Mapping[str, Any], tasks_cfg: Mapping[str, Any],
+def prepare(run_dir: str | pathlib.Path, demo: Mapping[str, Any], tasks_cfg: Any,
             progress: bool = True, log: Callable[[str], None] = print) -> pathlib.Path:
     """Make (or resume, or reuse) the demo's base model under `run_dir/base`; returns its directory."""
     base = pathlib.Path(run_dir).absolute() / BASE
@@ -85,7 +85,7 @@ def prepare(run_dir: str | pathlib.Path, demo: Mapping[str, Any], tasks_cfg: Map
     state_path = base / STATE
     state = read_json(state_path) if state_path.is_file() else {}
     ids = {}
-    ids["corpus"] = _identity("corpus", demo["seed"], demo["corpus"], tasks_cfg["factory"], tasks_cfg["factory_args"])
+    ids["corpus"] = _identity("corpus", demo["seed"], demo["corpus"], tasks_cfg.factory, tasks_cfg.factory_args)
     ids["tokenizer"] = _identity("tokenizer", ids["corpus"], demo["tokenizer"])
     ids["pretrain"] = _identity("pretrain", ids["tokenizer"], demo["model"], demo["pretrain"], demo["seed"])
     outputs = {"corpus": base / CORPUS, "tokenizer": base / TOKENIZER_DIR, "pretrain": base / PRETRAIN_DIR}
@@ -156,12 +156,12 @@ def prepare(run_dir: str | pathlib.Path, demo: Mapping[str, Any], tasks_cfg: Map
     return model_dir(run_dir)
 
 
-def _corpus(demo: Mapping[str, Any], tasks_cfg: Mapping[str, Any]) -> list[str]:
+def _corpus(demo: Mapping[str, Any], tasks_cfg: Any) -> list[str]:
     """The pretraining documents, none of them an instance of a split task."""
     from ilf_jax.demo.corpus import pretraining_corpus
     from ilf_jax.pipeline.sources import import_callable
 
-    splits = import_callable(tasks_cfg["factory"], "tasks.factory")(**tasks_cfg["factory_args"])
+    splits = import_callable(tasks_cfg.factory, "tasks.factory")(**tasks_cfg.factory_args)
     every = [t for items in splits.values() for t in items]
     c = demo["corpus"]
     return pretraining_corpus(int(demo["seed"]), n_docs=int(c["n_docs"]), bug_rate=float(c["bug_rate"]), exclude=every)

@@ -92,6 +92,10 @@ class CodeGenConfig:
             raise IlfError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {e}".splitlines()[0]) from None
         if not isinstance(d, dict):
             raise IlfError(f"{path}: expected a mapping of config fields")
+        if path.suffix in (".yaml", ".yml"):  # our own format: every key must be a field
+            from ilf_jax.configfile import from_mapping
+
+            return from_mapping(cls, d, str(path))
         return cls.from_dict(d, source=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:

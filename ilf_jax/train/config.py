@@ -84,41 +84,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys and ill-typed values are refused with an IlfError."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise IlfError(f"train config: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            default = fields[key].default
-            if key == "mesh":
-                if isinstance(value, str):
-                    from ilf_jax.parallel.mesh import parse_mesh
+        from ilf_jax.configfile import from_mapping
 
-                    value = parse_mesh(value)
-                try:
-                    value = tuple(int(v) for v in value)
-                except (TypeError, ValueError):
-                    raise IlfError(f"train config: mesh={value!r} must be 3 integers") from None
-            elif isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise IlfError(f"train config: {key}={value!r} must be true or false")
-            elif isinstance(default, int) and key != "warmup_steps":
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise IlfError(f"train config: {key}={value!r} must be an integer")
-            elif isinstance(default, (int, float)):
-                if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-                    try:
-                        value = float(value)
-                    except ValueError:
-                        pass
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise IlfError(f"train config: {key}={value!r} must be a number")
-                value = float(value) if key != "warmup_steps" or not float(value).is_integer() else value
-            elif isinstance(default, str) and not isinstance(value, str):
-                raise IlfError(f"train config: {key}={value!r} must be a string")
-            kwargs[key] = value
-        return cls(**kwargs)
+        return from_mapping(cls, d, "train config")
 
     def warmup_for(self, total_steps: int) -> int:
         """Warmup in steps for a run of `total_steps`."""

@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import RecordLog, atomic_write_text
 from ilf_jax.model.codegen import init_params as random_params
 from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
@@ -117,25 +118,15 @@ def _encode(tok: Any, examples: list[Example], cfg: TrainConfig) -> list[data_li
 
 
 class _Logger:
-    """metrics.jsonl (truncated to the resumed step, so nothing is duplicated) + TensorBoard."""
+    """metrics.jsonl (a `jsonl.RecordLog` by step, cut back to the resumed step) + TensorBoard."""
 
     def __init__(self, out_dir: pathlib.Path, start_step: int, enabled: bool):
-        self.path = out_dir / METRICS
         self.enabled = enabled
         self.writer = None
         if not enabled:
             return
-        kept = []
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("step", 0) <= start_step:
-                    kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = self.path.open("a")
+        self.records = RecordLog(out_dir / METRICS, lambda rec: rec["step"])
+        self.records.retain(lambda rec: rec["step"] <= start_step)
         try:
             from tensorboardX import SummaryWriter
 
@@ -146,8 +137,7 @@ class _Logger:
     def log(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
+        self.records.append([rec])
         if self.writer is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -155,7 +145,7 @@ class _Logger:
 
     def close(self) -> None:
         if self.enabled:
-            self.file.close()
+            self.records.close()
             if self.writer is not None:
                 self.writer.close()
 
@@ -313,7 +303,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
             "seconds_this_session": seconds,
             "config": cfg.to_dict(),
         }
-        (out_dir / SUMMARY).write_text(json.dumps(rec, indent=2) + "\n")
+        atomic_write_text(out_dir / SUMMARY, json.dumps(rec, indent=2) + "\n")
     barrier("train_finish")
 
 
