@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("ilf_jax.pipeline.cli_status", "show which stages of a run are done"),
     "stage": ("ilf_jax.pipeline.cli_stage", "run one stage of the ILF pipeline (`ilf stage list CONFIG` lists them)"),
     "demo": ("ilf_jax.demo.cli", "run the embedded CPU-sized ILF experiment"),
+    "data": ("ilf_jax.data.cli", "fetch and verify MBPP and the ILF annotation file into a cache"),
+    "annotate": ("ilf_jax.annotate.cli", "serve the web app where people write feedback on failing programs"),
 }
 
 # Commands that run the same program on every host of a pod or cluster.

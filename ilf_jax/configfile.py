@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import pathlib
 import types
 import typing
@@ -34,7 +35,7 @@ def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
         raise IlfError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise IlfError(f"{path}: expected a mapping at the top level")
-    return copy.deepcopy(data)  # no shared nodes from YAML anchors
+    return json.loads(json.dumps(data, default=str))  # no shared nodes from YAML anchors (deepcopy keeps them)
 
 
 def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -136,6 +137,8 @@ def coerce(value: Any, hint: Any, label: str, path: str) -> Any:
             raise _fail(label, path, value, "a string")
         return value
     if origin is tuple:
+        if isinstance(value, str) and args and args[0] is str and args[-1] is Ellipsis:
+            value = [value]  # one name for a list of names
         if isinstance(value, str) and args and args[0] is int:
             try:
                 value = [int(v) for v in value.split(",")]
@@ -173,13 +176,14 @@ def from_mapping(cls: type, data: Mapping[str, Any] | None, label: str = "config
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise IlfError(f"{label}: unknown key {where!r} (known: {', '.join(fields)})")
+        noun = getattr(cls, "CONFIG_NOUN", "")  # how a section names itself in messages ("lora")
+        raise IlfError(f"{label}: unknown {noun + ' ' if noun else ''}key {where!r} (known: {', '.join(fields)})")
     hints = _hints(cls)
     kwargs = {k: coerce(v, hints[k], label, f"{path}.{k}" if path else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (IlfError, ValueError) as e:  # the dataclass's own checks
-        if not path:
+        if not path or str(e).startswith(f"{label}:"):
             raise
         raise IlfError(f"{label}: {path}: {e}") from None
 

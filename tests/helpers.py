@@ -89,3 +89,10 @@ def passes_own_asserts(code: str, task) -> bool:
     except Exception:
         return False
     return True
+
+
+def tiny_pipeline_model(directory: pathlib.Path) -> pathlib.Path:
+    """The tiny random CodeGen + tokenizer that configs/pipeline/tiny.yaml runs are tested with."""
+    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), directory)
+    tiny_tokenizer(directory)
+    return directory

@@ -187,6 +187,14 @@ def causal_mask(valid: jax.Array) -> jax.Array:
     return causal[None] & valid[:, None, :].astype(bool)
 
 
+def segment_mask(segments: jax.Array) -> jax.Array:
+    """[B, T, T] mask of packed rows from segment ids [B, T] (0: padding): causal, within a segment."""
+    t = segments.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    same = segments[:, :, None] == segments[:, None, :]
+    return causal[None] & same & (segments[:, None, :] > 0)
+
+
 def positions_from_mask(valid: jax.Array) -> jax.Array:
     """Position ids that start at 0 on each row's first real token (left padding gets 0)."""
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
@@ -221,6 +229,7 @@ def forward(
     positions: jax.Array | None = None,
     mask: jax.Array | None = None,
     valid: jax.Array | None = None,
+    segments: jax.Array | None = None,
     cache: Cache | None = None,
     cache_index: jax.Array | int = 0,
     constrain: Constrain = no_constraint,
@@ -234,8 +243,13 @@ def forward(
 
     Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
     cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
-    written at `cache_index`.
+    written at `cache_index`. `segments` ([B, T] ids, 0 for padding) packs several sequences in a
+    row: attention stays inside a segment; pass each segment's `positions` (restarting at 0).
     """
+    if segments is not None and mask is None:
+        if positions is None:
+            raise ValueError("forward: pass positions together with segments")
+        mask = segment_mask(segments)
     if mask is None:
         if valid is None:
             valid = jnp.ones(tokens.shape, bool)

@@ -1,6 +1,8 @@
-"""Model directories on disk: HF CodeGen directories and our own (config + tokenizer + Orbax params).
+"""Model directories on disk: HF CodeGen directories, our own (config + tokenizer + Orbax params),
+and LoRA adapter directories (config + tokenizer + `lora.json` naming the base + Orbax adapters).
 
-`load_model` takes either, so every command that needs a model accepts both. Restoring uses an
+`load_model` takes any of them (adapters are merged into their base on the devices at load), so
+every command that needs a model accepts all three. Restoring uses an
 abstract target that carries shardings, so params saved on one mesh restore onto another.
 """
 
@@ -15,13 +17,21 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.codegen import abstract_params
+from ilf_jax.model.codegen import abstract_params, param_specs
 from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.model.convert import copy_tokenizer, load_hf_params
-from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings
+from ilf_jax.model.lora import Lora
+from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings, tree_shardings
 
 PARAMS_DIR = "params"
+ADAPTERS_DIR = "adapters"
+LORA_META = "lora.json"  # {"base": base model dir, "rank", "alpha", "targets", "base_dtype"}
 ILF_META = "ilf_jax.json"  # our numerics (dtype, param_dtype) next to the HF config.json
+
+
+def is_adapter_dir(directory: str | pathlib.Path) -> bool:
+    """True for a directory written by `save_adapters` (LoRA adapters plus a reference to the base)."""
+    return (pathlib.Path(directory) / LORA_META).is_file()
 
 
 def is_native(directory: str | pathlib.Path) -> bool:
@@ -66,6 +76,9 @@ def load_model(
 ) -> tuple[CodeGenConfig, Any]:
     """(config, params) from an HF CodeGen directory (converted on the fly) or one of ours."""
     directory = pathlib.Path(directory)
+    if is_adapter_dir(directory):
+        config, base, lora, adapters = load_adapters(directory, mesh, rules, **overrides)
+        return config, jax.jit(lambda b, a: lora.merge(b, a, config.param_dtype))(base, adapters)
     config = read_config(directory, **overrides)
     if is_native(directory):
         return config, restore_params(directory / PARAMS_DIR, config, mesh, rules)
@@ -80,18 +93,68 @@ def save_model(
 
     Multi-process: every process calls it (Orbax writes each process's shards); only process 0
     writes the small files."""
+    return _write_dir(directory, config, PARAMS_DIR, params, tokenizer_dir, {})
+
+
+def _write_dir(directory: str | pathlib.Path, config: CodeGenConfig, tree_dir: str, tree: Any,
+               tokenizer_dir: str | pathlib.Path | None, extra: dict[str, Any]) -> pathlib.Path:
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
         meta = {"dtype": config.dtype, "param_dtype": config.param_dtype}
         (directory / ILF_META).write_text(json.dumps(meta) + "\n")
+        for name, record in extra.items():
+            (directory / name).write_text(json.dumps(record, indent=2) + "\n")
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, directory)
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory / PARAMS_DIR, params, force=True)
+        ckpt.save(directory / tree_dir, tree, force=True)
         ckpt.wait_until_finished()
     return directory
+
+
+def lora_of(config: CodeGenConfig, targets: Any, rank: int, alpha: float) -> Lora:
+    """The `Lora` of a model config: its projection sites named by `targets` (roles)."""
+    return Lora.for_model(param_specs(config), abstract_params(config), tuple(targets), rank, alpha)
+
+
+def save_adapters(
+    directory: str | pathlib.Path, config: CodeGenConfig, meta: dict[str, Any], adapters: Any,
+    tokenizer_dir: str | pathlib.Path | None = None,
+) -> pathlib.Path:
+    """Write an adapter directory: config.json, `lora.json` (`meta`: base dir, rank, alpha,
+    targets, base_dtype), tokenizer files and the Orbax adapters (every process calls it)."""
+    return _write_dir(directory, config, ADAPTERS_DIR, adapters, tokenizer_dir, {LORA_META: meta})
+
+
+def load_adapters(
+    directory: str | pathlib.Path, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, **overrides: Any
+) -> tuple[CodeGenConfig, Any, Lora, Any]:
+    """(config, base params, Lora, adapters) of an adapter directory; the base is loaded in the
+    dtype it was trained with unless `param_dtype` is overridden."""
+    directory = pathlib.Path(directory)
+    try:
+        meta = json.loads((directory / LORA_META).read_text())
+        base_dir = pathlib.Path(meta["base"])
+        lora_args = (meta["targets"], int(meta["rank"]), float(meta["alpha"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise IlfError(f"{directory / LORA_META}: not a valid adapter record ({e})") from None
+    if not base_dir.is_absolute():
+        base_dir = directory / base_dir
+    overrides = {"param_dtype": meta.get("base_dtype", "float32"), **overrides}
+    config, base = load_model(base_dir, mesh, rules, **overrides)
+    lora = lora_of(config, *lora_args)
+    target = lora.abstract()
+    if mesh is not None:
+        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              target, tree_shardings(lora.specs(), target, mesh, rules))
+    with ocp.StandardCheckpointer() as ckpt:
+        try:
+            adapters = ckpt.restore((directory / ADAPTERS_DIR).absolute(), target)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise IlfError(f"{directory}: cannot restore adapters: {str(e).splitlines()[0]}") from None
+    return config, base, lora, adapters
 
 
 def load_tokenizer(directory: str | pathlib.Path) -> Any:

@@ -74,6 +74,12 @@ def param_shardings(config: CodeGenConfig, mesh: Mesh, rules: Rules = DEFAULT_RU
     )
 
 
+def tree_shardings(specs: Any, shapes: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """NamedShardings of a pytree of arrays from a matching pytree of logical `PartitionSpec`s."""
+    return jax.tree.map(lambda spec, s: logical_sharding(tuple(spec), s.shape, mesh, rules), specs, shapes,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = DEFAULT_RULES) -> NamedSharding:
     """Sharding of a [batch, ...] input: batch over ('data', 'fsdp'), the rest replicated."""
     axes = tuple(a for a in _mesh_axes("batch", rules) if mesh.shape[a] > 1)

@@ -178,6 +178,16 @@ class ModelPointer:
         return cls(**read_json(path))
 
 
+class AnnotationFile:
+    """`feedback.source: app`: the annotate stage's snapshot of the app's Surge-format export (its path)."""
+
+    FILE: ClassVar[str] = "annotations.jsonl"
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> pathlib.Path:
+        return path
+
+
 class Summary:
     """Any stage's JSON summary (from its `stage.json`); {} while the stage is not done."""
 
@@ -202,7 +212,8 @@ class TrainLog:
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
-    """A handle to the output of stage `stage` of kind `kind` (a Record type, ModelPointer, Summary, TrainLog)."""
+    """A handle to the output of stage `stage` of kind `kind` (a Record type, ModelPointer, AnnotationFile,
+    Summary, TrainLog)."""
 
     stage: str
     kind: type

@@ -18,7 +18,7 @@ from ilf_jax.errors import IlfError
 from ilf_jax.train.config import TrainConfig
 
 SPLIT_NAMES = ("prompt", "test", "refine", "train")
-FEEDBACK_SOURCES = ("human", "model", "shuffled", "scripted")
+FEEDBACK_SOURCES = ("human", "model", "shuffled", "scripted", "app")
 PROGRAM_SOURCES = ("annotated", "sampled")
 TASK_SOURCES = ("mbpp", "hf", "factory")
 BASELINES = ("zero_shot", "gold", "human", "fewshot_refine")
@@ -102,12 +102,13 @@ class FeedbackModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class FeedbackSection:
-    """Feedback on MBPP_Train programs: its source, the annotation file (human feedback and pi_Refine's
+    """Feedback on MBPP_Train programs: its source (app: people, in `ilf annotate`, on this run's
+    failures), the annotation file (human feedback and pi_Refine's
     data; test-split rows only with `allow_test_annotations`), which programs (default: annotated when
     there is an annotation file), the scripted annotator ("module:function"(task, program, error, seed)),
     and the unrelated-feedback derangement's seed."""
 
-    source: Literal["human", "model", "shuffled", "scripted"] = "human"
+    source: Literal["human", "model", "shuffled", "scripted", "app"] = "human"
     annotations: str | None = None
     allow_test_annotations: bool = False
     programs: Literal["annotated", "sampled"] | None = None
@@ -208,7 +209,10 @@ def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None, label:
         raise IlfError("config: human feedback is about the annotated programs: set feedback.programs=annotated")
     if fb.programs == "annotated" and not fb.annotations:
         raise IlfError("config: feedback.programs=annotated needs feedback.annotations")
-    if not fb.annotations and not fb.annotator:
+    if fb.source == "app" and (fb.annotations or fb.programs != "sampled"):
+        raise IlfError("config: feedback.source=app annotates this run's own failures: drop feedback.annotations "
+                       "and feedback.programs")
+    if not fb.annotations and not fb.annotator and fb.source != "app":
         raise IlfError("config: pi_Refine needs refinements: set feedback.annotations or feedback.annotator")
     if fb.source == "scripted" and not fb.annotator:
         raise IlfError("config: feedback.source=scripted needs feedback.annotator ('module:function')")

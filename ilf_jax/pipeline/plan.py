@@ -6,7 +6,7 @@ identity follow from what it is given. Round r's stages get round r's handles; r
 from round r's pi_theta*.
 
 Stage names: `r{R}.sample_base`, `r{R}.execute_base`, `r{R}.collect`, `r{R}.refine_data`,
-`r{R}.feedback`, `r{R}.train_refine`, `r{R}.sample_refinements`, `r{R}.execute_refinements`,
+`r{R}.feedback` (after `r{R}.annotate` with `feedback.source: app`), `r{R}.train_refine`, `r{R}.sample_refinements`, `r{R}.execute_refinements`,
 `r{R}.select`, `r{R}.finetune.ilf{V}`; `finetune.gold{V}`, `finetune.human{V}`;
 `eval.{METHOD}.sample`, `eval.{METHOD}.execute`; `fewshot.{relevant,unrelated}.{sample,execute}`;
 `perplexity`; `report`. `{V}` is empty, or `[lr=..,bs=..,ep=..]` for a sweep point.
@@ -17,8 +17,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ilf_jax.pipeline import report, steps
-from ilf_jax.pipeline.artifacts import (Artifact, Failure, Feedback, ModelPointer, Perplexity, RefineTriple, Sample,
+from ilf_jax.pipeline import app_feedback, report, steps
+from ilf_jax.pipeline.artifacts import (AnnotationFile, Artifact, Failure, Feedback, ModelPointer, Perplexity, RefineTriple, Sample,
                                         Selected, Summary, TrainLog, Verdict)
 from ilf_jax.pipeline.config import PipelineConfig
 from ilf_jax.pipeline.engine import Stage
@@ -76,7 +76,7 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
         return {"model": out(stage, ModelPointer)}
 
     fb_label = {"human": "humans", "model": "model (few-shot)", "shuffled": "shuffled (unrelated)",
-                "scripted": "scripted annotator"}[fb.source]
+                "scripted": "scripted annotator", "app": "humans (ilf annotate)"}[fb.source]
     ann = ("annotations",) if fb.annotations else ()
     model_feedback = None
     if fb.source == "model":
@@ -91,14 +91,20 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
         sb, eb = sample_and_execute(f"{R}.sample_base", f"{R}.execute_base",
                                     _sample_params(cfg, None, ids=ids(*cfg.collect.splits)), dict(base_in), base_src)
         col = add(f"{R}.collect", steps.collect, None, {"samples": out(sb, Sample), "verdicts": out(eb, Verdict)}, ("tasks",))
+        app: dict[str, Artifact] = {}  # feedback.source app: the annotations people made in `ilf annotate`
+        if fb.source == "app":
+            annotate = add(f"{R}.annotate", app_feedback.annotate, app_feedback.AnnotateParams(r),
+                           {"failures": out(col, Failure)}, ("tasks",))
+            app = {"app_annotations": out(annotate, AnnotationFile)}
         rd = add(f"{R}.refine_data", steps.refine_data,
-                 steps.RefineDataParams(bool(fb.annotations), fb.allow_test_annotations, fb.annotator,
+                 steps.RefineDataParams(bool(fb.annotations or app), fb.allow_test_annotations, fb.annotator,
                                         fb.annotator_seed, ids("refine", "test"), timeout),
-                 {} if fb.annotations else {"failures": out(col, Failure)}, ("tasks",) + ann)
+                 app or ({} if fb.annotations else {"failures": out(col, Failure)}), ("tasks",) + ann)
         fbk = add(f"{R}.feedback", steps.feedback,
                   steps.FeedbackParams(fb.source, fb.programs, fb.shuffle_seed, fb.annotator, fb.annotator_seed,
                                        ids("train"), timeout, model_feedback),
-                  {"refine_data": out(rd, RefineTriple), **({"failures": out(col, Failure)} if fb.programs == "sampled" else {})},
+                  {"refine_data": out(rd, RefineTriple),
+                   **(app or ({"failures": out(col, Failure)} if fb.programs == "sampled" else {}))},
                   ("tasks",) + ann + (("feedback_model",) if fb.source == "model" else ()))
         tr = add(f"{R}.train_refine", steps.train, steps.TrainParams(cfg.refiner.train, "refine"),
                  {**base_in, "refine_data": out(rd, RefineTriple)}, base_src + ("tasks",))
@@ -122,7 +128,7 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
     if "zero_shot" in cfg.baselines:
         methods.insert(0, Method("zero_shot", "-", "-", None))
     gold_human = [m for m in ("gold", "human") if m in cfg.baselines]
-    if "human" in gold_human and not (fb.annotations or fb.source == "scripted"):
+    if "human" in gold_human and not (fb.annotations or fb.source in ("scripted", "app")):
         gold_human.remove("human")
     for kind in gold_human:
         for point in sweep_points(cfg, kind):

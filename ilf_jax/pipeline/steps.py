@@ -218,9 +218,19 @@ def _scripted(ctx: StageContext, annotator: str, seed: int, items: Sequence[dict
         return {r["task_id"]: r for r in log.sorted()}
 
 
-def _annotated_programs(ctx: StageContext, timeout: float, splits: Sequence[str]) -> list[dict[str, Any]]:
-    """The annotated (original program, error) of the run's annotation rows in `splits`."""
-    task_set, ann = ctx.source("tasks"), ctx.source("annotations")
+def _annotations(ctx: StageContext, allow_test: bool) -> Any:
+    """The human annotations: the app's (input `app_annotations`, `feedback.source: app`) or the
+    annotation file's (source `annotations`), leakage guard applied; None without either."""
+    if ctx.has("app_annotations"):
+        from ilf_jax.pipeline.sources import load_run_annotations
+
+        return load_run_annotations(str(ctx.read("app_annotations")), ctx.source("tasks"), allow_test)
+    return ctx.source("annotations") if "annotations" in ctx.stage.sources else None
+
+
+def _annotated_programs(ctx: StageContext, timeout: float, splits: Sequence[str], ann: Any) -> list[dict[str, Any]]:
+    """The annotated (original program, error) of the annotation rows `ann` in `splits`."""
+    task_set = ctx.source("tasks")
     rows = [a for tid, a in sorted(ann.rows.items()) if task_set.split_of(tid) in splits]
     verdicts = run_programs(ctx, timeout, [(f"orig/{a.task_id}", a.task_id, a.original) for a in rows])
     return [{"task_id": a.task_id, "program": a.original, "error": verdicts[f"orig/{a.task_id}"].error,
@@ -229,9 +239,9 @@ def _annotated_programs(ctx: StageContext, timeout: float, splits: Sequence[str]
 
 @dataclasses.dataclass(frozen=True)
 class RefineDataParams:
-    """Where pi_Refine's triples come from: the annotation file (`annotated`; test-split rows only when
-    `allow_test`) or the scripted `annotator` on the refine split's failures; `ids` are the refine and
-    test tasks of the run."""
+    """Where pi_Refine's triples come from: human annotations (`annotated`: the file, or the app's; test-split
+    rows only when `allow_test`) or the scripted `annotator` on the refine split's failures; `ids` are the
+    refine and test tasks of the run."""
 
     annotated: bool
     allow_test: bool
@@ -244,14 +254,14 @@ class RefineDataParams:
 def refine_data(ctx: StageContext, p: RefineDataParams) -> dict[str, Any]:
     """pi_Refine's data (refine_data.jsonl): (old program, feedback, refinement) triples with the paper's filter.
 
-    From the human annotation file (refine split; test split too only when allowed), else from the
-    scripted annotator on the refine split's failing programs. A triple is kept when its
+    From the human annotation file or the app's annotations (refine split; test split too only when
+    allowed), else from the scripted annotator on the refine split's failing programs. A triple is kept when its
     refinement passes and Levenshtein(refinement, old) < half the longer of the two.
     """
     task_set = ctx.source("tasks")
     if p.annotated:
-        ann = ctx.source("annotations")
-        items = _annotated_programs(ctx, p.timeout, ["refine"] + (["test"] if p.allow_test else []))
+        ann = _annotations(ctx, p.allow_test)
+        items = _annotated_programs(ctx, p.timeout, ["refine"] + (["test"] if p.allow_test else []), ann)
         triples = [{**it, "feedback": ann.rows[it["task_id"]].feedback, "refinement": ann.rows[it["task_id"]].refinement,
                     "source": "human"} for it in items]
     else:
@@ -289,8 +299,9 @@ class ModelFeedbackParams:
 
 @dataclasses.dataclass(frozen=True)
 class FeedbackParams:
-    """Feedback on MBPP_Train failing programs: `source` human | model | shuffled | scripted, about the
-    `programs` annotated (the annotation file's) or sampled (input `failures`); `ids`: the train tasks."""
+    """Feedback on MBPP_Train failing programs: `source` human | model | shuffled | scripted | app, about
+    the `programs` annotated (the annotation file's), sampled (input `failures`) or, for app, the run's
+    failures people annotated (input `app_annotations`); `ids`: the train tasks."""
 
     source: str
     programs: str
@@ -325,14 +336,16 @@ def _model_feedback(ctx: StageContext, p: ModelFeedbackParams, items: Sequence[d
 
 
 def feedback(ctx: StageContext, p: FeedbackParams) -> dict[str, Any]:
-    """Feedback on MBPP_Train failing programs (feedback.jsonl), from humans, a model, the scripted
-    annotator, or human/scripted feedback shuffled across tasks (the unrelated-feedback control)."""
-    if p.programs == "annotated":
-        items = _annotated_programs(ctx, p.timeout, ["train"])
+    """Feedback on MBPP_Train failing programs (feedback.jsonl), from humans (the annotation file, or
+    the app on this run's failures), a model, the scripted annotator, or human/scripted feedback
+    shuffled across tasks (the unrelated-feedback control)."""
+    ann = _annotations(ctx, False)  # train-split rows: the leakage guard does not touch them
+    if p.programs == "annotated" or p.source == "app":
+        items = _annotated_programs(ctx, p.timeout, ["train"], ann)
     else:
         items = [dataclasses.asdict(f) for f in ctx.read("failures") if f.split == "train"]
-    if p.source in ("human", "shuffled") and p.programs == "annotated":
-        rows = ctx.source("annotations").rows
+    if (p.source in ("human", "shuffled") and p.programs == "annotated") or p.source == "app":
+        rows = ann.rows
         notes = {it["task_id"]: {"feedback": rows[it["task_id"]].feedback, "refinement": rows[it["task_id"]].refinement}
                  for it in items}
     elif p.source in ("scripted", "shuffled"):

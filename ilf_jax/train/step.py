@@ -1,10 +1,14 @@
 """Masked causal-LM loss, the jitted sharded train step (lax.scan gradient accumulation) and eval.
 
 A batch is a dict of [accum, rows, T] arrays (see `data.make_batch`): `tokens`, `targets`
-(next tokens), `weights` (1 where the target is a target-side token), `valid`. The loss of a
-step is the mean NLL over all weighted tokens of the whole effective batch: each micro-batch
-adds its summed NLL, its token count and the gradient of the sum, and the step divides once,
-so accumulating micro-batches equals one big batch exactly (up to summation order).
+(next tokens), `weights` (> 0 where the target is a target-side token), and either `valid`
+(padded rows) or `segments` + `positions` (packed rows, `data.make_packed_batch`). The loss of a
+step is the weighted mean NLL over the whole effective batch: each micro-batch adds its summed
+weighted NLL, its summed weight and the gradient of the sum, and the step divides once, so
+accumulating micro-batches equals one big batch exactly (up to summation order).
+
+With a `Lora`, the trained pytree is the adapters: the step takes the frozen base params as a
+third argument and the loss sees `lora.merge(base, adapters)`.
 """
 
 from __future__ import annotations
@@ -20,16 +24,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ilf_jax.model.codegen import forward, lm_head_logits
 from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
 from ilf_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
+def _inputs(batch: Batch, constrain) -> dict[str, Any]:
+    """The forward's mask arguments of a padded or a packed batch."""
+    kwargs = {} if constrain is None else {"constrain": constrain}
+    if "segments" in batch:
+        return {**kwargs, "segments": batch["segments"], "positions": batch["positions"]}
+    return {**kwargs, "valid": batch["valid"]}
+
+
 def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> jax.Array:
     """NLL of every target [B, T] (fp32), unweighted."""
-    kwargs = {} if constrain is None else {"constrain": constrain}
-    logits, _ = forward(params, batch["tokens"], config, valid=batch["valid"], **kwargs)
+    logits, _ = forward(params, batch["tokens"], config, **_inputs(batch, constrain))
     # logsumexp - logit[target]. The target logit is picked with a one-hot product rather than a
     # gather: with the vocabulary sharded over 'tensor' it reduces locally (no all-gather of the
     # logits), and its backward is elementwise instead of a scatter.
@@ -44,8 +56,7 @@ def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
     The LM head and cross-entropy are fused (`_weighted_nll`): logits are never kept for the
     backward pass, and the vocabulary-wide softmax is computed once instead of twice.
     """
-    kwargs = {} if constrain is None else {"constrain": constrain}
-    hidden, _ = forward(params, batch["tokens"], config, valid=batch["valid"], hidden_only=True, **kwargs)
+    hidden, _ = forward(params, batch["tokens"], config, hidden_only=True, **_inputs(batch, constrain))
     w = batch["weights"].astype(jnp.float32)
     head = params["lm_head"]
     return _weighted_nll(hidden, head["kernel"], head["bias"], batch["targets"], w, config, constrain), jnp.sum(w)
@@ -89,13 +100,15 @@ def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
     """[accum, rows, T] arrays: rows over the batch axes ('data', 'fsdp'), the rest replicated."""
     spec = batch_sharding(mesh, 2).spec
     sharding = NamedSharding(mesh, PartitionSpec(None, *spec))
-    return {k: sharding for k in ("tokens", "targets", "weights", "valid")}
+    return {k: sharding for k in ("tokens", "targets", "weights", "valid", "segments", "positions")}
 
 
-def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain=None, grad_shardings=None):
-    """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count)."""
+def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain=None, grad_shardings=None,
+                     to_model: Callable[[Any], Any] = lambda p: p):
+    """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count).
+    `to_model` maps the trained pytree to the model's params (LoRA: merges the adapters)."""
 
-    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(p, mb, config, constrain), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(to_model(p), mb, config, constrain), has_aux=True)
 
     def micro(carry, mb):
         gsum, lsum, count = carry
@@ -122,16 +135,22 @@ def make_train_step(
     *,
     return_grads: bool = False,
     donate: bool = True,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    lora: Lora | None = None,
+    base_shardings: Any = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
+    With `lora`: `step(state, batch, base_params)`, the state holding only the adapters.
 
     Metrics: loss (mean target NLL), grad_norm (before clipping), lr (of this step), tokens
-    (weighted target tokens), and with `return_grads` the averaged gradients (for tests).
+    (summed target weights: tokens, or examples with example weighting), and with
+    `return_grads` the averaged gradients (for tests).
     """
     constrain = constrainer(mesh)
+    dtype = jnp.dtype(config.dtype)
 
-    def step(state: TrainState, batch: Batch):
-        gsum, lsum, count = accumulate_grads(state.params, batch, config, constrain, shardings.params)
+    def step(state: TrainState, batch: Batch, base: Any = None):
+        to_model = (lambda p: p) if lora is None else (lambda p: lora.merge(base, p, dtype))
+        gsum, lsum, count = accumulate_grads(state.params, batch, config, constrain, shardings.params, to_model)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, gsum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -150,9 +169,12 @@ def make_train_step(
     metric_shardings = {"loss": rep, "grad_norm": rep, "tokens": rep, "lr": rep}
     if return_grads:
         metric_shardings["grads"] = shardings.params
+    # One sharding for every batch array (a pytree prefix): padded and packed batches alike.
+    bshard = batch_shardings(mesh)["tokens"]
+    in_shardings = (shardings, bshard) if lora is None else (shardings, bshard, base_shardings)
     return jax.jit(
-        step,
-        in_shardings=(shardings, batch_shardings(mesh)),
+        step if lora is not None else (lambda state, batch: step(state, batch)),
+        in_shardings=in_shardings,
         out_shardings=(shardings, metric_shardings),
         donate_argnums=(0,) if donate else (),
     )
