@@ -70,94 +70,30 @@ class Record:
         write_jsonl(path, [r.to_json() for r in records])
 
 
-@dataclasses.dataclass(frozen=True)
-class Sample(Record):
-    FILE: ClassVar[str] = "samples.jsonl"
-    KIND: ClassVar[str] = "sample"
-    task_id: int
-    sample: int
-    completion: str
-    finish_reason: str
-    num_tokens: int
-    prompt_truncated: bool
+def _record(name: str, file: str, kind: str, doc: str, **fields: Any) -> type[Record]:
+    """A frozen Record dataclass `name` stored in `file`, with `fields` ({name: type}) in order."""
+    return dataclasses.make_dataclass(name, list(fields.items()), bases=(Record,), frozen=True,
+                                      namespace={"FILE": file, "KIND": kind, "__doc__": doc, "__module__": __name__})
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict(Record):
-    FILE: ClassVar[str] = "verdicts.jsonl"
-    KIND: ClassVar[str] = "verdict"
-    task_id: int
-    sample: int
-    verdict: str
-    passed: bool
-    error: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Failure(Record):
-    """A task with no passing sample: its first failing program and error."""
-
-    FILE: ClassVar[str] = "failures.jsonl"
-    KIND: ClassVar[str] = "failure"
-    task_id: int
-    split: str
-    sample: int
-    program: str
-    error: str
-    samples: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RefineTriple(Record):
-    """pi_Refine's data: (old program, feedback, refinement), with the paper's filter's verdict."""
-
-    FILE: ClassVar[str] = "refine_data.jsonl"
-    KIND: ClassVar[str] = "refine_data"
-    task_id: int
-    old_program: str
-    error: str
-    feedback: str
-    refinement: str
-    source: str
-    refinement_passed: bool
-    distance: int
-    kept: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Feedback(Record):
-    """Feedback on a train task's failing program (refinement: the annotator's, when there is one)."""
-
-    FILE: ClassVar[str] = "feedback.jsonl"
-    KIND: ClassVar[str] = "feedback"
-    task_id: int
-    old_program: str
-    error: str
-    feedback: str
-    refinement: str | None
-    source: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Selected(Record):
-    """The passing refinement chosen for a task (lowest sample index)."""
-
-    FILE: ClassVar[str] = "selected.jsonl"
-    KIND: ClassVar[str] = "selected"
-    task_id: int
-    sample: int
-    completion: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Perplexity(Record):
-    FILE: ClassVar[str] = "perplexity.jsonl"
-    KIND: ClassVar[str] = "perplexity"
-    source: str
-    task_id: int
-    nll: float
-    perplexity: float
-
+Sample = _record("Sample", "samples.jsonl", "sample", "One completion of a prompt (cut by the stop rule).",
+                 task_id=int, sample=int, completion=str, finish_reason=str, num_tokens=int, prompt_truncated=bool)
+Verdict = _record("Verdict", "verdicts.jsonl", "verdict", "A sample's test verdict and error text.",
+                  task_id=int, sample=int, verdict=str, passed=bool, error=str)
+Failure = _record("Failure", "failures.jsonl", "failure", "A task with no passing sample: its first failing program and error.",
+                  task_id=int, split=str, sample=int, program=str, error=str, samples=int)
+RefineTriple = _record(
+    "RefineTriple", "refine_data.jsonl", "refine_data",
+    "pi_Refine's data: (old program, feedback, refinement), with the paper's filter's verdict.",
+    task_id=int, old_program=str, error=str, feedback=str, refinement=str, source=str, refinement_passed=bool,
+    distance=int, kept=bool)
+Feedback = _record("Feedback", "feedback.jsonl", "feedback",
+                   "Feedback on a train task's failing program (refinement: the annotator's, when there is one).",
+                   task_id=int, old_program=str, error=str, feedback=str, refinement=str | None, source=str)
+Selected = _record("Selected", "selected.jsonl", "selected", "The passing refinement chosen for a task (lowest sample index).",
+                   task_id=int, sample=int, completion=str)
+Perplexity = _record("Perplexity", "perplexity.jsonl", "perplexity", "An example's NLL and perplexity under the base model.",
+                     source=str, task_id=int, nll=float, perplexity=float)
 
 RECORDS: tuple[type[Record], ...] = (Sample, Verdict, Failure, RefineTriple, Feedback, Selected, Perplexity)
 

@@ -59,23 +59,22 @@ class ExecutorSection:
     timeout: float = 3.0
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingSection:
-    """The base model's sampling (SamplingConfig knobs); `chunk` = prompts per appended group of records."""
+# The SamplingConfig knobs a pipeline config sets ({name: (type, default)}; add one here to expose it),
+# and `chunk`: prompts per appended group of records.
+_SAMPLING_KNOBS: dict[str, tuple[type, Any]] = {
+    "n": (int, 30), "temperature": (float, 0.8), "top_k": (int, 0), "top_p": (float, 1.0), "max_new_tokens": (int, 512),
+    "seed": (int, 0), "batch_size": (int, 32), "chunk": (int, 16)}
 
-    n: int = 30
-    temperature: float = 0.8
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    batch_size: int = 32
-    chunk: int = 16
 
-    def knobs(self) -> dict[str, Any]:
-        """The SamplingConfig arguments (everything but `chunk`)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "chunk"}
+def _knobs(self: Any) -> dict[str, Any]:
+    """The SamplingConfig arguments (everything but `chunk`)."""
+    return {name: getattr(self, name) for name in _SAMPLING_KNOBS if name != "chunk"}
 
+
+SamplingSection = dataclasses.make_dataclass(
+    "SamplingSection", [(name, hint, dataclasses.field(default=default)) for name, (hint, default) in _SAMPLING_KNOBS.items()],
+    frozen=True, namespace={"knobs": _knobs, "__module__": __name__,
+                            "__doc__": "The base model's sampling: SamplingConfig knobs and the record chunk."})
 
 # A partial SamplingSection: the fields it sets (not None) replace the top-level sampling's.
 SamplingOverlay = dataclasses.make_dataclass(

@@ -174,8 +174,14 @@ def _plots(out: pathlib.Path, res: dict[str, Any], losses: dict[str, list[tuple[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig: Any, ax: Any, name: str, legend: bool, **legend_args: Any) -> None:
+        if legend:
+            ax.legend(**legend_args)
+        fig.tight_layout()
+        fig.savefig(out / name, metadata={"Software": None})
+        plt.close(fig)
+
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"Software": None}
     rows = res["table4"]
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
     width = 0.8 / max(1, len(ks))
@@ -183,32 +189,21 @@ def _plots(out: pathlib.Path, res: dict[str, Any], losses: dict[str, list[tuple[
         ax.bar([j + i * width for j in range(len(rows))], [100 * (r.get(f"pass@{k}") or 0) for r in rows], width, label=f"pass@{k}")
     ax.set_xticks([j + width * (len(ks) - 1) / 2 for j in range(len(rows))], [r["name"] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("% of test tasks")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pass_at_k.png", metadata=meta)
-    plt.close(fig)
+    save(fig, ax, "pass_at_k.png", True)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for source, values in sorted(ppl.items()):
         ax.hist(values, bins=20, alpha=0.5, label=source)
     ax.set_xlabel("perplexity under the base model")
     ax.set_ylabel("examples")
-    if ppl:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "perplexity.png", metadata=meta)
-    plt.close(fig)
+    save(fig, ax, "perplexity.png", bool(ppl))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, curve in sorted(losses.items()):
         ax.plot([s for s, _ in curve], [v for _, v in curve], marker="." if len(curve) < 20 else None, label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats/token)")
-    if losses:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", metadata=meta)
-    plt.close(fig)
+    save(fig, ax, "loss.png", bool(losses), fontsize="small")
 
 
 def _tensorboard(path: pathlib.Path, res: dict[str, Any], ks: Sequence[int]) -> None:
