@@ -43,6 +43,8 @@ def to_json(value: Any, identity_only: bool = False) -> Any:
         return [to_json(v, identity_only) for v in value]
     if isinstance(value, Mapping):
         return {str(k): to_json(v, identity_only) for k, v in value.items()}
+    if identity_only and isinstance(value, float) and value.is_integer():
+        return int(value)  # 0 and 0.0 are one setting (a config read back from the manifest has floats)
     return value
 
 
