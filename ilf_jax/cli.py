@@ -13,7 +13,7 @@ import sys
 from ilf_jax.errors import IlfError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("ilf_jax.model.cli_convert", "convert an HF CodeGen directory to an ilf_jax checkpoint"),
+    "convert": ("ilf_jax.model.cli_convert", "convert an HF model directory (CodeGen, Llama, Qwen2/3) to an ilf_jax checkpoint"),
     "export": ("ilf_jax.model.cli_export", "export an ilf_jax checkpoint to an HF directory"),
     "sample": ("ilf_jax.sample.cli", "sample completions for prompts"),
     "exec": ("ilf_jax.execute.cli", "run programs against their unit tests in a sandbox"),

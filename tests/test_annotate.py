@@ -20,6 +20,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
 from starlette.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from annotate_case import REPO, server, surge_rows, write_queue  # noqa: E402
 from ilf_jax.annotate.app import Settings, create_app  # noqa: E402
@@ -229,6 +230,10 @@ def test_safety_off_loopback_requires_tokens_csrf_and_limits(tmp_path, rows):
         assert c.get("/api/session").json()["annotator"] == "local"
         assert c.get("/api/session", headers={"Host": "evil.example:8765"}).status_code == 403
         assert c.get("/api/session", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        with pytest.raises(WebSocketDisconnect) as closed:  # only authenticated HTTP reaches the app
+            with c.websocket_connect("/api/session"):
+                pass
+        assert closed.value.code == 1008
 
 
 def test_killing_the_server_loses_no_acknowledged_save(tmp_path, rows):

@@ -30,6 +30,10 @@ def test_run_waits_for_app_annotations_then_resumes_on_them(tmp_path, shared_dat
     args = [f"model.dir={tiny_model}", f"run_dir={run_dir}", f"tasks.path={shared_data / 'mbpp' / 'mbpp.jsonl'}",
             "feedback.source=app", "feedback.annotations=null", "baselines=[zero_shot]", "report.perplexity=false",
             "--no-progress"]
+    with_file = [a for a in args if a != "feedback.annotations=null"]  # tiny.yaml names the Surge file
+    assert cli.main(["run", str(TINY), *with_file]) == 2
+    assert "feedback.source=app annotates this run's own failures" in capsys.readouterr().err
+    assert not run_dir.exists()
     assert cli.main(["run", str(TINY), *args]) == 2
     err = capsys.readouterr().err
     assert "waiting for annotations: 0 of 6 failing programs of round 1 annotated" in err

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from ilf_jax.annotate import export as export_lib
 from ilf_jax.annotate.checks import Checker, filter_report
-from ilf_jax.annotate.store import Annotator, Conflict, ItemState, Store
+from ilf_jax.annotate.store import Annotator, Conflict, ItemState, Store, token_hash
 from ilf_jax.annotate.workspace import Workspace
 from ilf_jax.execute import Executor
 
@@ -85,8 +85,12 @@ class Guard:
         self.local = None if not settings.loopback else store.local_annotator(settings.local_annotator)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websockets: nothing but authenticated HTTP reaches the app
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
 
         async def send_secured(message: dict[str, Any]) -> None:
@@ -96,15 +100,15 @@ class Guard:
 
         request = Request(scope)
         refusal = self._check_host(request)
-        body = b""
-        if refusal is None and request.method not in ("GET", "HEAD"):
-            body, refusal = await self._read_body(request, receive)
         who, credential, token = None, "", None
         if refusal is None:
             who, credential, token = await run_in_threadpool(self._authenticate, request)
             if who is None:
-                refusal = PlainTextResponse("401: an annotator token is required (ilf annotate add-annotator NAME)",
+                refusal = PlainTextResponse("401: a valid annotator token is required (ilf annotate add-annotator NAME)",
                                             status_code=401)
+        body = b""
+        if refusal is None and request.method not in ("GET", "HEAD"):
+            body, refusal = await self._read_body(request, receive)
         if refusal is None and token is not None and request.query_params.get("token") and request.method == "GET":
             refusal = RedirectResponse(request.url.path, status_code=303)  # drop the token from the address bar
             refusal.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
@@ -168,7 +172,7 @@ class Guard:
         for token in candidates:
             who = self.store.annotator_for_token(token)
             if who is not None:
-                return who, hashlib.sha256(token.encode()).hexdigest(), token
+                return who, token_hash(token), token
         if self.local is not None and not any(candidates):
             return self.local, "local", None
         return None, "", None

@@ -1,5 +1,6 @@
-"""Model directories on disk: HF CodeGen directories, our own (config + tokenizer + Orbax params),
-and LoRA adapter directories (config + tokenizer + `lora.json` naming the base + Orbax adapters).
+"""Model directories on disk: HF directories of any supported family, our own (config + tokenizer
++ Orbax params), and LoRA adapter directories (config + tokenizer + `lora.json` naming the base +
+Orbax adapters).
 
 `load_model` takes any of them (adapters are merged into their base on the devices at load), so
 every command that needs a model accepts all three. Restoring uses an
@@ -17,9 +18,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.codegen import abstract_params, param_specs
-from ilf_jax.model.config import CodeGenConfig
 from ilf_jax.model.convert import copy_tokenizer, load_hf_params
+from ilf_jax.model.family import ModelConfig, abstract_params, config_from_file, param_specs
 from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings, tree_shardings
 
@@ -39,19 +39,19 @@ def is_native(directory: str | pathlib.Path) -> bool:
     return (pathlib.Path(directory) / PARAMS_DIR).is_dir()
 
 
-def read_config(directory: str | pathlib.Path, **overrides: Any) -> CodeGenConfig:
+def read_config(directory: str | pathlib.Path, **overrides: Any) -> ModelConfig:
     """The model config of either kind of directory, with our saved numerics and `overrides` applied."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise IlfError(f"{directory}: model directory not found")
-    config = CodeGenConfig.from_file(directory / "config.json")
+    config = config_from_file(directory / "config.json")
     meta = directory / ILF_META
     if meta.is_file():
         config = config.replace(**json.loads(meta.read_text()))
     return config.replace(**overrides) if overrides else config
 
 
-def _abstract_target(config: CodeGenConfig, mesh: Mesh | None, rules: Rules) -> Any:
+def _abstract_target(config: ModelConfig, mesh: Mesh | None, rules: Rules) -> Any:
     shapes = abstract_params(config)
     if mesh is None:
         return shapes
@@ -59,7 +59,7 @@ def _abstract_target(config: CodeGenConfig, mesh: Mesh | None, rules: Rules) -> 
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def restore_params(path: str | pathlib.Path, config: CodeGenConfig, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES) -> Any:
+def restore_params(path: str | pathlib.Path, config: ModelConfig, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES) -> Any:
     """Restore an Orbax params tree at `path` onto `mesh` (or the default device)."""
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
@@ -73,8 +73,8 @@ def restore_params(path: str | pathlib.Path, config: CodeGenConfig, mesh: Mesh |
 
 def load_model(
     directory: str | pathlib.Path, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, **overrides: Any
-) -> tuple[CodeGenConfig, Any]:
-    """(config, params) from an HF CodeGen directory (converted on the fly) or one of ours."""
+) -> tuple[ModelConfig, Any]:
+    """(config, params) from an HF directory (converted on the fly) or one of ours, any family."""
     directory = pathlib.Path(directory)
     if is_adapter_dir(directory):
         config, base, lora, adapters = load_adapters(directory, mesh, rules, **overrides)
@@ -87,7 +87,7 @@ def load_model(
 
 
 def save_model(
-    directory: str | pathlib.Path, config: CodeGenConfig, params: Any, tokenizer_dir: str | pathlib.Path | None = None
+    directory: str | pathlib.Path, config: ModelConfig, params: Any, tokenizer_dir: str | pathlib.Path | None = None
 ) -> pathlib.Path:
     """Write config.json (HF format), our numerics, tokenizer files and Orbax params to `directory`.
 
@@ -96,7 +96,7 @@ def save_model(
     return _write_dir(directory, config, PARAMS_DIR, params, tokenizer_dir, {})
 
 
-def _write_dir(directory: str | pathlib.Path, config: CodeGenConfig, tree_dir: str, tree: Any,
+def _write_dir(directory: str | pathlib.Path, config: ModelConfig, tree_dir: str, tree: Any,
                tokenizer_dir: str | pathlib.Path | None, extra: dict[str, Any]) -> pathlib.Path:
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
@@ -114,13 +114,13 @@ def _write_dir(directory: str | pathlib.Path, config: CodeGenConfig, tree_dir: s
     return directory
 
 
-def lora_of(config: CodeGenConfig, targets: Any, rank: int, alpha: float) -> Lora:
+def lora_of(config: ModelConfig, targets: Any, rank: int, alpha: float) -> Lora:
     """The `Lora` of a model config: its projection sites named by `targets` (roles)."""
     return Lora.for_model(param_specs(config), abstract_params(config), tuple(targets), rank, alpha)
 
 
 def save_adapters(
-    directory: str | pathlib.Path, config: CodeGenConfig, meta: dict[str, Any], adapters: Any,
+    directory: str | pathlib.Path, config: ModelConfig, meta: dict[str, Any], adapters: Any,
     tokenizer_dir: str | pathlib.Path | None = None,
 ) -> pathlib.Path:
     """Write an adapter directory: config.json, `lora.json` (`meta`: base dir, rank, alpha,
@@ -130,7 +130,7 @@ def save_adapters(
 
 def load_adapters(
     directory: str | pathlib.Path, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, **overrides: Any
-) -> tuple[CodeGenConfig, Any, Lora, Any]:
+) -> tuple[ModelConfig, Any, Lora, Any]:
     """(config, base params, Lora, adapters) of an adapter directory; the base is loaded in the
     dtype it was trained with unless `param_dtype` is overridden."""
     directory = pathlib.Path(directory)
@@ -158,10 +158,29 @@ def load_adapters(
 
 
 def load_tokenizer(directory: str | pathlib.Path) -> Any:
-    """The tokenizer `transformers.AutoTokenizer` loads from `directory` (no hub access)."""
+    """The tokenizer `transformers.AutoTokenizer` loads from `directory` (no hub access), checked
+    against the directory's `config.json`: their EOS ids must agree."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
         raise IlfError(f"{directory}: no loadable tokenizer: {str(e).splitlines()[0]}") from None
+    check_tokenizer_eos(tokenizer, pathlib.Path(directory) / "config.json")
+    return tokenizer
+
+
+def check_tokenizer_eos(tokenizer: Any, config_json: pathlib.Path) -> None:
+    """Refuse a tokenizer whose EOS is not (one of) the model config's `eos_token_id`."""
+    if not config_json.is_file() or getattr(tokenizer, "eos_token_id", None) is None:
+        return
+    try:
+        eos = json.loads(config_json.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError):
+        return  # reading the config reports its own error
+    allowed = eos if isinstance(eos, list) else [eos]
+    if eos is not None and tokenizer.eos_token_id not in allowed:
+        raise IlfError(
+            f"{config_json.parent / 'tokenizer_config.json'}: eos_token {tokenizer.eos_token!r} has id "
+            f"{tokenizer.eos_token_id}, but {config_json} has eos_token_id {eos}"
+        )

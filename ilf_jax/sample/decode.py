@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ilf_jax.model.codegen import CACHE_AXES, Constrain, no_constraint, causal_mask, forward, init_cache, positions_from_mask
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.common import Constrain, causal_mask, no_constraint, positions_from_mask
+from ilf_jax.model.family import ModelConfig, cache_axes, forward, init_cache
 from ilf_jax.sample.policy import Policy, choose
 from ilf_jax.sample.stop import stop_update
 
@@ -32,7 +32,7 @@ REASONS = {EOS: "eos", STOP: "stop", LENGTH: "length"}
 class Static:
     """Everything the compiled functions specialise on (besides array shapes)."""
 
-    config: CodeGenConfig
+    config: ModelConfig
     policy: Policy
     max_new_tokens: int
     eos_id: int
@@ -41,7 +41,7 @@ class Static:
 
 @struct.dataclass
 class State:
-    cache: Any  # list of {"k", "v"} [B, heads, S, head_dim]
+    cache: Any  # list of {"k", "v"} [B, kv_heads, S, head_dim]
     slot_valid: jax.Array  # [B, S] bool: slots holding real keys
     prompt_len: jax.Array  # [B] int32
     keys: jax.Array  # [B, 2] uint32 row keys
@@ -100,7 +100,7 @@ def prefill(
     b, p = tokens.shape
     slots = p + st.max_new_tokens
     cache = init_cache(st.config, b, slots)
-    cache = _constrain_cache(cache, constrain)
+    cache = _constrain_cache(cache, constrain, st.config)
     mask = jnp.pad(causal_mask(valid), ((0, 0), (0, 0), (0, slots - p)))
     positions = positions_from_mask(valid)
     logits, cache = forward(
@@ -141,13 +141,13 @@ def step(
         cache_index=slot,
         constrain=constrain,
     )
-    state = state.replace(cache=_constrain_cache(cache, constrain), slot_valid=slot_valid)
+    state = state.replace(cache=_constrain_cache(cache, constrain, st.config), slot_valid=slot_valid)
     logits = logits[:, 0]
     return _record(state, _draw(state, logits, st), tables, st), logits
 
 
-def _constrain_cache(cache: Any, constrain: Constrain) -> Any:
-    names = CACHE_AXES
+def _constrain_cache(cache: Any, constrain: Constrain, config: ModelConfig) -> Any:
+    names = cache_axes(config)
     return [{k: constrain(v, names) for k, v in layer.items()} for layer in cache]
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig
 from ilf_jax.parallel.distributed import allgather_objects, fetch, process_share, put_global
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, batch_sharding, constrainer, param_shardings, replicated
 from ilf_jax.sample import decode
@@ -122,7 +122,7 @@ class Sampler:
     def __init__(
         self,
         params: Any,
-        config: CodeGenConfig,
+        config: ModelConfig,
         tokenizer: Any,
         mesh: Mesh | None = None,
         *,
@@ -323,7 +323,7 @@ class Sampler:
 
 def sample(
     params: Any,
-    config: CodeGenConfig,
+    config: ModelConfig,
     tokenizer: Any,
     prompts: Sequence[str],
     cfg: SamplingConfig,

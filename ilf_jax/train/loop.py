@@ -15,8 +15,8 @@ from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import RecordLog, atomic_write_text
-from ilf_jax.model.codegen import init_params as random_params
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import CONFIG_TYPES, ModelConfig, config_from_file
+from ilf_jax.model.family import init_params as random_params
 from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
 from ilf_jax.parallel.mesh import make_mesh
@@ -61,16 +61,16 @@ def _resolve_tokenizer(tokenizer: Any, model: Any) -> tuple[Any, pathlib.Path | 
     return tokenizer, None
 
 
-def _model_config(model: Any, cfg: TrainConfig) -> CodeGenConfig:
+def _model_config(model: Any, cfg: TrainConfig) -> ModelConfig:
     from ilf_jax.model.store import read_config
 
-    if isinstance(model, CodeGenConfig):
+    if isinstance(model, CONFIG_TYPES):
         config = model
     elif isinstance(model, tuple):
         config = model[0]
     elif isinstance(model, (str, pathlib.Path)):
         path = pathlib.Path(model)
-        config = CodeGenConfig.from_file(path) if path.is_file() else read_config(path)
+        config = config_from_file(path) if path.is_file() else read_config(path)
     else:
         raise IlfError(f"train: model must be a directory, a config, or (config, params); got {type(model).__name__}")
     # fp32 master weights (LoRA: the frozen base in lora.base_dtype); compute dtype and remat from the train config.
@@ -78,7 +78,7 @@ def _model_config(model: Any, cfg: TrainConfig) -> CodeGenConfig:
     return config.replace(dtype=cfg.dtype, param_dtype=param_dtype, remat=cfg.remat)
 
 
-def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
+def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
     from ilf_jax.model.store import load_model
 
     shardings = param_shardings(config, mesh)
@@ -86,7 +86,7 @@ def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: M
         params = given
     elif isinstance(model, tuple) and model[1] is not None:
         params = model[1]
-    elif cfg.init == "random" or isinstance(model, CodeGenConfig) or isinstance(model, tuple) or pathlib.Path(model).is_file():
+    elif cfg.init == "random" or isinstance(model, CONFIG_TYPES) or isinstance(model, tuple) or pathlib.Path(model).is_file():
         init = jax.jit(lambda k: random_params(config, k), out_shardings=shardings)
         return init(jax.random.key(cfg.seed))
     else:
@@ -94,7 +94,7 @@ def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: M
     return put_global(jax.tree.map(lambda p: p.astype(config.param_dtype), params), shardings)
 
 
-def _lora_setup(model: Any, config: CodeGenConfig, cfg: TrainConfig, given: Any) -> tuple[Lora | None, dict[str, Any] | None]:
+def _lora_setup(model: Any, config: ModelConfig, cfg: TrainConfig, given: Any) -> tuple[Lora | None, dict[str, Any] | None]:
     """The run's `Lora` and the adapter record (base directory, rank, alpha, targets), checked
     against the model before anything is compiled."""
     if cfg.lora is None:
@@ -184,7 +184,7 @@ def train(
     """Fine-tune (or train from scratch) and write `out_dir/{model,hf,checkpoints,metrics.jsonl}`.
 
     `model`: a model directory (HF or ours), a model config file (.yaml / config.json) or
-    `CodeGenConfig` (random init), or `(config, params)`. `tokenizer`: an object or a directory
+    model config of any family (random init), or `(config, params)`. `tokenizer`: an object or a directory
     (default: the model directory's). `init_params` overrides the starting weights. A run resumes
     from the latest checkpoint in `out_dir`, at the exact data position; a finished run returns at
     once. `stop_after` halts (with a checkpoint) after that many total steps, as a pre-emption would.
@@ -352,10 +352,10 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
     barrier("train_finish")
 
 
-def _export_peft(lora: Lora, adapters: Any, config: CodeGenConfig, out_dir: pathlib.Path, base_dir: str) -> None:
+def _export_peft(lora: Lora, adapters: Any, config: ModelConfig, out_dir: pathlib.Path, base_dir: str) -> None:
     """The adapters as a PEFT LoRA directory (fetching is collective; process 0 writes)."""
     from ilf_jax.model.lora import export_peft
-    from ilf_jax.model.weight_map import weight_map
+    from ilf_jax.model.family import weight_map
 
     host = fetch(adapters)
     if jax.process_index() == 0:
@@ -376,7 +376,7 @@ def _result(out_dir: pathlib.Path, cfg: TrainConfig, steps: int, total: int) -> 
 
 def evaluate(
     params: Any,
-    config: CodeGenConfig,
+    config: ModelConfig,
     tokenizer: Any,
     examples: Sequence[Example],
     batch_size: int = 8,

@@ -22,8 +22,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ilf_jax.model.codegen import forward, lm_head_logits
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.common import lm_head_logits
+from ilf_jax.model.family import ModelConfig, forward, lm_head
 from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
 from ilf_jax.train.state import TrainState
@@ -39,7 +39,7 @@ def _inputs(batch: Batch, constrain) -> dict[str, Any]:
     return {**kwargs, "valid": batch["valid"]}
 
 
-def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> jax.Array:
+def token_nll(params: Any, batch: Batch, config: ModelConfig, constrain=None) -> jax.Array:
     """NLL of every target [B, T] (fp32), unweighted."""
     logits, _ = forward(params, batch["tokens"], config, **_inputs(batch, constrain))
     # logsumexp - logit[target]. The target logit is picked with a one-hot product rather than a
@@ -50,7 +50,7 @@ def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
     return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
-def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
+def loss_sums(params: Any, batch: Batch, config: ModelConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
     """(summed NLL over weighted tokens, number of weighted tokens) of one [B, T] batch.
 
     The LM head and cross-entropy are fused (`_weighted_nll`): logits are never kept for the
@@ -58,8 +58,8 @@ def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
     """
     hidden, _ = forward(params, batch["tokens"], config, hidden_only=True, **_inputs(batch, constrain))
     w = batch["weights"].astype(jnp.float32)
-    head = params["lm_head"]
-    return _weighted_nll(hidden, head["kernel"], head["bias"], batch["targets"], w, config, constrain), jnp.sum(w)
+    kernel, bias = lm_head(params, config)
+    return _weighted_nll(hidden, kernel, bias, batch["targets"], w, config, constrain), jnp.sum(w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -83,14 +83,14 @@ def _weighted_nll_fwd(hidden, kernel, bias, targets, weights, config, constrain)
     d = dlogits.astype(dtype)
     dhidden = (d @ kernel.astype(dtype).T).astype(hidden.dtype)
     dkernel = jnp.einsum("bte,btv->ev", hidden.astype(dtype), d).astype(kernel.dtype)
-    dbias = jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
+    dbias = None if bias is None else jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
     return jnp.sum(nll * weights), (dhidden, dkernel, dbias, targets, weights)
 
 
 def _weighted_nll_bwd(config, constrain, res, g):
     dhidden, dkernel, dbias, targets, weights = res
     zero_targets = np.zeros(targets.shape, dtype=jax.dtypes.float0)
-    return g * dhidden, g * dkernel, g * dbias, zero_targets, jnp.zeros_like(weights)
+    return g * dhidden, g * dkernel, None if dbias is None else g * dbias, zero_targets, jnp.zeros_like(weights)
 
 
 _weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
@@ -103,7 +103,7 @@ def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
     return {k: sharding for k in ("tokens", "targets", "weights", "valid", "segments", "positions")}
 
 
-def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain=None, grad_shardings=None,
+def accumulate_grads(params: Any, batch: Batch, config: ModelConfig, constrain=None, grad_shardings=None,
                      to_model: Callable[[Any], Any] = lambda p: p):
     """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count).
     `to_model` maps the trained pytree to the model's params (LoRA: merges the adapters)."""
@@ -127,7 +127,7 @@ def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain
 
 
 def make_train_step(
-    config: CodeGenConfig,
+    config: ModelConfig,
     tx: optax.GradientTransformation,
     mesh: Mesh,
     shardings: TrainState,
@@ -180,7 +180,7 @@ def make_train_step(
     )
 
 
-def make_eval_step(config: CodeGenConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+def make_eval_step(config: ModelConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """`eval(params, batch[B, T]) -> (summed NLL per row, target tokens per row)`, jitted."""
     constrain = None if mesh is None else constrainer(mesh)
 

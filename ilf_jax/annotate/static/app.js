@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { csrf: "", me: "", item: null, dirty: false, leaseS: 600, filterTimer: null, busy: false };
+const state = { csrf: "", me: "", total: 0, item: null, dirty: false, leaseS: 600, filterTimer: null, busy: false };
 
 async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: {} };
@@ -41,6 +41,7 @@ function yesNo(el, value, yesText, noText) {
 }
 
 function setProgress(p) {
+  state.total = p.total;
   $("progress").textContent = `${p.done} of ${p.total} done (${p.saved} saved, ${p.cant_fix} can't fix)`;
   $("progress-bar").max = Math.max(1, p.total);
   $("progress-bar").value = p.done;
@@ -111,7 +112,8 @@ function show(item) {
   state.dirty = false;
   $("empty").hidden = true;
   $("item").hidden = false;
-  $("item-title").textContent = `Task ${item.task_id}` + (item.split ? ` (${item.split})` : "");
+  $("item-title").textContent = `Task ${item.task_id}` + (item.split ? ` (${item.split})` : "") +
+    `, item ${item.position + 1} of ${state.total}`;
   badge($("item-status"), item.status === "cant_fix" ? "can't fix" : item.status, item.status);
   $("item-version").textContent = item.version ? `version ${item.version} by ${item.annotator}` : "";
   $("task-text").textContent = item.text || item.prompt;
