@@ -29,12 +29,15 @@ Split = Literal["prompt", "test", "refine", "train"]
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """The base model: an HF CodeGen directory or ilf_jax checkpoint (required), its tokenizer (default:
-    the model directory's), and the sampling/evaluation mesh "data,fsdp,tensor" (None: default device)."""
+    """The base model: an HF directory or ilf_jax checkpoint, or made by the run itself with `prepare`
+    ("module:function"(config) -> (stages, model artifact), e.g. the demo's pretraining, set by the
+    top-level `demo` section); its tokenizer (default: the model directory's); the sampling/evaluation
+    mesh "data,fsdp,tensor" (None: default device)."""
 
     dir: str | None = None
     tokenizer: str | None = None
     mesh: str | tuple[int, int, int] | None = None
+    prepare: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +182,7 @@ class PipelineConfig:
     rounds: int = 1
     sweep: SweepSection = dataclasses.field(default_factory=SweepSection)
     report: ReportSection = dataclasses.field(default_factory=ReportSection)
+    demo: dict[str, Any] = dataclasses.field(default_factory=dict)  # the settings `model.prepare` reads
 
     def sampling_with(self, overlay: Any = None) -> SamplingSection:
         """The top-level sampling settings with an overlay's set fields applied."""
@@ -219,8 +223,10 @@ def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None, label:
         raise IlfError("config: tasks.source=mbpp needs tasks.path (mbpp.jsonl or sanitized-mbpp.json)")
     if tasks.source == "factory" and not tasks.factory:
         raise IlfError("config: tasks.source=factory needs tasks.factory ('module:function')")
-    if not cfg.model.dir:
+    if not cfg.model.dir and not cfg.model.prepare:
         raise IlfError("config: model.dir (the base model directory) is required")
+    if cfg.model.dir and cfg.model.prepare:
+        raise IlfError("config: give model.dir (a model) or model.prepare (stages that make one), not both")
     return cfg if base_dir is None else _absolutize(cfg, base_dir)
 
 

@@ -9,7 +9,7 @@ Stage names: `r{R}.sample_base`, `r{R}.execute_base`, `r{R}.collect`, `r{R}.refi
 `r{R}.feedback` (after `r{R}.annotate` with `feedback.source: app`), `r{R}.train_refine`, `r{R}.sample_refinements`, `r{R}.execute_refinements`,
 `r{R}.select`, `r{R}.finetune.ilf{V}`; `finetune.gold{V}`, `finetune.human{V}`;
 `eval.{METHOD}.sample`, `eval.{METHOD}.execute`; `fewshot.{relevant,unrelated}.{sample,execute}`;
-`perplexity`; `report`. `{V}` is empty, or `[lr=..,bs=..,ep=..]` for a sweep point.
+`perplexity`; `report`; before them, the stages of `model.prepare` (the demo's `demo.*`). `{V}` is empty, or `[lr=..,bs=..,ep=..]` for a sweep point.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ilf_jax.pipeline.artifacts import (AnnotationFile, Artifact, Failure, Feedb
 from ilf_jax.pipeline.config import PipelineConfig
 from ilf_jax.pipeline.engine import Stage
 from ilf_jax.pipeline.report import Method
-from ilf_jax.pipeline.sources import TaskSet
+from ilf_jax.pipeline.sources import TaskSet, import_callable
 from ilf_jax.sample.sampler import SamplingConfig
 
 _SWEEP_ABBREV = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep"}
@@ -83,11 +83,18 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
         m, s = fb.model, cfg.sampling
         model_feedback = steps.ModelFeedbackParams(m.shots, m.temperature, m.max_new_tokens, s.seed,
                                                    s.batch_size, s.chunk)
-    base_in: dict[str, Artifact] = {}  # round 1 samples the configured base model (source "model")
+    # The base model: the configured directory (source "model"), or the output of `model.prepare`'s stages.
+    base: dict[str, Artifact] = {}
+    if cfg.model.prepare:
+        prepared, made = import_callable(cfg.model.prepare, "model.prepare")(cfg)
+        plan.extend(prepared)
+        base = {"model": made}
+    base_srcs = () if base else ("model",)
+    base_in = dict(base)
     first: dict[str, Stage] = {}
     for r in range(1, cfg.rounds + 1):
         R = f"r{r}"
-        base_src = () if base_in else ("model",)
+        base_src = base_srcs if r == 1 else ()
         sb, eb = sample_and_execute(f"{R}.sample_base", f"{R}.execute_base",
                                     _sample_params(cfg, None, ids=ids(*cfg.collect.splits)), dict(base_in), base_src)
         col = add(f"{R}.collect", steps.collect, None, {"samples": out(sb, Sample), "verdicts": out(eb, Verdict)}, ("tasks",))
@@ -134,17 +141,17 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
         for point in sweep_points(cfg, kind):
             train_cfg = cfg.finetune.train.replace(**point)
             st = add(f"finetune.{kind}{variant_suffix(point)}", steps.train,
-                     steps.TrainParams(train_cfg, kind, cfg.finetune.baseline_tasks), dict(r1_data),
-                     ("model", "tasks") + ann)
+                     steps.TrainParams(train_cfg, kind, cfg.finetune.baseline_tasks), {**base, **r1_data},
+                     base_srcs + ("tasks",) + ann)
             methods.append(Method(kind + variant_suffix(point), "-", "MBPP gold" if kind == "gold" else "human refinements",
                                   st.name))
 
     evaluated: dict[str, Stage] = {}
     for m in methods:
-        model_in = {} if m.train_stage is None else {"model": Artifact(m.train_stage, ModelPointer)}
+        model_in = dict(base) if m.train_stage is None else {"model": Artifact(m.train_stage, ModelPointer)}
         _, evaluated[m.name] = sample_and_execute(f"eval.{m.name}.sample", f"eval.{m.name}.execute",
                                                   _sample_params(cfg, cfg.evaluation.sampling, ids=ids("test")),
-                                                  model_in, () if model_in else ("model",))
+                                                  model_in, base_srcs if m.train_stage is None else ())
 
     fewshot: dict[str, Stage] = {}
     if "fewshot_refine" in cfg.baselines:
@@ -153,14 +160,15 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
                                     shuffle_seed=fb.shuffle_seed if kind == "unrelated" else None)
             _, fewshot[kind] = sample_and_execute(
                 f"fewshot.{kind}.sample", f"fewshot.{kind}.execute", params,
-                {"refine_data": out(first["refine_data"], RefineTriple), "feedback": out(first["feedback"], Feedback)}, ("model",))
+                {**base, "refine_data": out(first["refine_data"], RefineTriple), "feedback": out(first["feedback"], Feedback)},
+                base_srcs)
 
     ppl = None
     if cfg.report.perplexity:
         ft = cfg.finetune.train
         ppl = add("perplexity", steps.perplexity,
                   steps.PerplexityParams(cfg.report.perplexity_batch_size, ft.max_length, ft.max_target_length),
-                  dict(r1_data), ("model", "tasks") + ann)
+                  {**base, **r1_data}, base_srcs + ("tasks",) + ann)
 
     inputs = {report.summary_input(s.name): out(s, Summary) for s in plan}
     inputs.update({f"eval.{name}": out(st, Verdict) for name, st in evaluated.items()})

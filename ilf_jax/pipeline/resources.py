@@ -26,8 +26,8 @@ class Services:
 
     run_dir: pathlib.Path
     task_set: TaskSet
-    base_model: ModelRef
-    feedback_model: ModelRef
+    base_model: ModelRef | None  # None: made by the run's own stages (`model.prepare`)
+    feedback_model: ModelRef | None
     annotations_file: str | None = None
     allow_test_annotations: bool = False
     mesh_shape: Any = None  # "data,fsdp,tensor", a 3-sequence, or None (the default device)
@@ -52,7 +52,7 @@ class Services:
 
     def model_ref(self, model_dir: str | pathlib.Path) -> ModelRef:
         """A trained or base model's directory with its tokenizer's (the base model's may be elsewhere)."""
-        if pathlib.Path(model_dir) == self.base_model.dir:
+        if self.base_model is not None and pathlib.Path(model_dir) == self.base_model.dir:
             return self.base_model
         return ModelRef(pathlib.Path(model_dir), pathlib.Path(model_dir))
 

@@ -52,7 +52,7 @@ def config_from(target: str, overrides: Sequence[str]) -> PipelineConfig:
 def _fingerprints(cfg: PipelineConfig) -> dict[str, str]:
     """Fingerprints of the run's external inputs."""
     tasks = cfg.tasks
-    out = {"model": fingerprint(cfg.model.dir)}
+    out = {"model": fingerprint(cfg.model.dir) if cfg.model.dir else "(made by model.prepare)"}
     if cfg.model.tokenizer:
         out["model"] += ":" + fingerprint(cfg.model.tokenizer)
     if tasks.source == "mbpp":
@@ -80,7 +80,7 @@ def open_run(cfg: PipelineConfig, progress: bool = True, check: bool = True) -> 
 def _services(cfg: PipelineConfig, task_set: Any, progress: bool) -> Services:
     """The run's sources and services from its config."""
     model, fb = cfg.model, cfg.feedback
-    base = ModelRef(pathlib.Path(model.dir), pathlib.Path(model.tokenizer or model.dir))
+    base = ModelRef(pathlib.Path(model.dir), pathlib.Path(model.tokenizer or model.dir)) if model.dir else None
     services = Services(pathlib.Path(cfg.run_dir), task_set, base, base, fb.annotations, fb.allow_test_annotations,
                         model.mesh, cfg.executor.workers, progress)
     if fb.model.dir:

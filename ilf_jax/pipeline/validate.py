@@ -84,8 +84,11 @@ def everything(cfg: PipelineConfig, task_set: TaskSet, annotations_loader: Any, 
     """All checks, cheapest first; `annotations_loader()` loads (and so validates) the annotation file."""
     writable_dir(pathlib.Path(cfg.run_dir))
     tasks(task_set)
-    model_dir(cfg.model.dir, "model.dir")
-    tokenizer_dir(pathlib.Path(cfg.model.tokenizer or cfg.model.dir), "model tokenizer")
+    if cfg.model.prepare:
+        import_callable(cfg.model.prepare, "model.prepare")(cfg)  # builds (and so checks) its stages
+    else:
+        model_dir(cfg.model.dir, "model.dir")
+        tokenizer_dir(pathlib.Path(cfg.model.tokenizer or cfg.model.dir), "model tokenizer")
     fb = cfg.feedback
     if fb.source == "model" and fb.model.dir:
         model_dir(fb.model.dir, "feedback.model.dir")

@@ -101,16 +101,8 @@ def _resume(out: pathlib.Path, settings: dict, n: int) -> RecordLog:
 def run(args: argparse.Namespace) -> int:
     from ilf_jax.sample.sampler import SamplingConfig
 
-    cfg = SamplingConfig(
-        n=args.n,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        stop_rule=not args.no_stop_rule,
-        batch_size=args.batch_size,
-    )
+    knobs = ("n", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "batch_size")
+    cfg = SamplingConfig(**{k: getattr(args, k) for k in knobs}, stop_rule=not args.no_stop_rule)
     prompts = read_prompts(pathlib.Path(args.prompts))
     out = pathlib.Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
