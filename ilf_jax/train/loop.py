@@ -20,7 +20,7 @@ from ilf_jax.model.family import init_params as random_params
 from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
 from ilf_jax.parallel.mesh import make_mesh
-from ilf_jax.parallel.sharding import param_shardings
+from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings
 from ilf_jax.train import data as data_lib
 from ilf_jax.train.checkpoint import Checkpoints
 from ilf_jax.train.config import TrainConfig
@@ -78,10 +78,10 @@ def _model_config(model: Any, cfg: TrainConfig) -> ModelConfig:
     return config.replace(dtype=cfg.dtype, param_dtype=param_dtype, remat=cfg.remat)
 
 
-def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
+def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any, rules: Rules) -> Any:
     from ilf_jax.model.store import load_model
 
-    shardings = param_shardings(config, mesh)
+    shardings = param_shardings(config, mesh, rules)
     if given is not None:
         params = given
     elif isinstance(model, tuple) and model[1] is not None:
@@ -90,7 +90,7 @@ def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mes
         init = jax.jit(lambda k: random_params(config, k), out_shardings=shardings)
         return init(jax.random.key(cfg.seed))
     else:
-        _, params = load_model(model, mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat=config.remat)
+        _, params = load_model(model, mesh, rules, dtype=config.dtype, param_dtype=config.param_dtype, remat=config.remat)
     return put_global(jax.tree.map(lambda p: p.astype(config.param_dtype), params), shardings)
 
 
@@ -180,6 +180,7 @@ def train(
     init_params: Any = None,
     mesh: Mesh | None = None,
     stop_after: int | None = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> TrainResult:
     """Fine-tune (or train from scratch) and write `out_dir/{model,hf,checkpoints,metrics.jsonl}`.
 
@@ -188,6 +189,7 @@ def train(
     (default: the model directory's). `init_params` overrides the starting weights. A run resumes
     from the latest checkpoint in `out_dir`, at the exact data position; a finished run returns at
     once. `stop_after` halts (with a checkpoint) after that many total steps, as a pre-emption would.
+    `rules` (logical axis -> mesh axes) place params, optimizer state and batches, as `Sampler`'s do.
     """
     out_dir = pathlib.Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,7 @@ def train(
     total = spe * cfg.epochs
     tx = make_optimizer(cfg, total)
     schedule = learning_rate_schedule(cfg, total)
-    shardings = state_shardings(config, tx, mesh, lora)
+    shardings = state_shardings(config, tx, mesh, lora, rules)
 
     ckpts = Checkpoints(out_dir / CKPT_DIR, keep=cfg.keep)
     latest = ckpts.latest_step()
@@ -230,11 +232,11 @@ def train(
         if latest >= total and (out_dir / MODEL_DIR).is_dir() and (out_dir / SUMMARY).is_file():
             ckpts.close()
             return _result(out_dir, cfg, latest, total)
-        state, meta = ckpts.restore(abstract_state(config, tx, mesh, lora), latest)
+        state, meta = ckpts.restore(abstract_state(config, tx, mesh, lora, rules), latest)
         start = int(meta["step"])
     else:
         if lora is None:
-            params = _initial_params(model, config, cfg, mesh, init_params)
+            params = _initial_params(model, config, cfg, mesh, init_params, rules)
         else:
             params = jax.jit(lora.init, out_shardings=shardings.params)(jax.random.key(cfg.seed))
         state = init_state(params, tx, shardings)
@@ -245,11 +247,11 @@ def train(
 
     base = None
     if lora is not None:  # the frozen base: loaded once, never updated, not in the checkpoints
-        base = _initial_params(model, config, cfg, mesh, None)
-    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora,
-                              base_shardings=None if lora is None else param_shardings(config, mesh))
+        base = _initial_params(model, config, cfg, mesh, None, rules)
+    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora, rules=rules,
+                              base_shardings=None if lora is None else param_shardings(config, mesh, rules))
     extra = () if lora is None else (base,)
-    bshard = batch_shardings(mesh)
+    bshard = batch_shardings(mesh, rules)
     # Several processes: each builds only its rows of every global batch.
     my_rows = None if jax.process_count() == 1 else local_rows(bshard["tokens"], (1, rows, 1), axis=1)
     lengths = [e.length for e in encoded]
@@ -385,6 +387,7 @@ def evaluate(
     max_target_length: int = 512,
     length_multiple: int = 64,
     mesh: Mesh | None = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> list[float]:
     """Mean NLL (nats per target token, EOS included) of each example's target; exp() is its
     perplexity. Examples are length-sorted into padded batches; results are in input order."""
@@ -393,7 +396,7 @@ def evaluate(
 
         tokenizer = load_tokenizer(tokenizer)
     encoded = data_lib.encode_examples(tokenizer, list(examples), max_length, max_target_length)
-    run = make_eval_step(config, mesh)
+    run = make_eval_step(config, mesh, rules)
     rows = batch_size
     if mesh is not None:
         dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -408,7 +411,7 @@ def evaluate(
         if mesh is not None:
             from ilf_jax.parallel.sharding import batch_sharding
 
-            batch = _put_batch(batch, {k: batch_sharding(mesh, 2) for k in batch})
+            batch = _put_batch(batch, {k: batch_sharding(mesh, 2, rules) for k in batch})
         sums, counts = fetch(run(params, batch))
         for r, j in enumerate(idx):
             out[j] = sums[r] / counts[r] if counts[r] > 0 else math.nan
