@@ -27,6 +27,7 @@ from jax.sharding import Sharding
 
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import atomic_write_text
+from ilf_jax.processes import is_writer
 from ilf_jax.model.family import ModelConfig, ignored_suffixes, weight_map
 from ilf_jax.model.safetensors_io import SafetensorsFile, write_safetensors
 from ilf_jax.model.weight_map import leading_axis
@@ -239,7 +240,7 @@ def export_hf(
     out_dir = pathlib.Path(out_dir)
     dtype = np.dtype(jnp.dtype(config.param_dtype))
     entries = weight_map(config)
-    if jax.process_index() != 0:
+    if not is_writer():
         for entry in entries:  # take part in the collectives, in the writer's order
             fetch_host(_get(params, entry.path))
         return out_dir

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import atomic_write_text
+from ilf_jax.processes import is_writer
 from ilf_jax.model.convert import copy_tokenizer, load_hf_params
 from ilf_jax.model.family import ModelConfig, abstract_params, config_from_file, param_specs
 from ilf_jax.model.lora import Lora
@@ -101,7 +102,7 @@ def _write_dir(directory: str | pathlib.Path, config: ModelConfig, tree_dir: str
                tokenizer_dir: str | pathlib.Path | None, extra: dict[str, Any]) -> pathlib.Path:
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
+    if is_writer():
         atomic_write_text(directory / "config.json", json.dumps(config.to_hf_dict(), indent=2) + "\n")
         meta = {"dtype": config.dtype, "param_dtype": config.param_dtype}
         atomic_write_text(directory / ILF_META, json.dumps(meta) + "\n")

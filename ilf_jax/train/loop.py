@@ -18,9 +18,10 @@ from ilf_jax.jsonl import RecordLog, atomic_write_text
 from ilf_jax.model.family import CONFIG_TYPES, ModelConfig, config_from_file
 from ilf_jax.model.family import init_params as random_params
 from ilf_jax.model.lora import Lora
-from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
+from ilf_jax.parallel.distributed import barrier, fetch, global_array, local_rows, map_shared, put_global
 from ilf_jax.parallel.mesh import make_mesh
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings
+from ilf_jax.processes import is_writer
 from ilf_jax.train import data as data_lib
 from ilf_jax.train.checkpoint import Checkpoints
 from ilf_jax.train.config import TrainConfig
@@ -129,11 +130,7 @@ def _put_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[
 
 def _encode(tok: Any, examples: list[Example], cfg: TrainConfig) -> list[data_lib.Encoded]:
     """Tokenized examples; with several processes each tokenizes its share, then all merge."""
-    if jax.process_count() == 1:
-        return data_lib.encode_examples(tok, examples, cfg.max_length, cfg.max_target_length)
-    share = process_share(len(examples))
-    mine = data_lib.encode_examples(tok, examples[share.start : share.stop], cfg.max_length, cfg.max_target_length)
-    return [e for part in allgather_objects(mine) for e in part]
+    return map_shared(lambda part: data_lib.encode_examples(tok, part, cfg.max_length, cfg.max_target_length), examples)
 
 
 class _Logger:
@@ -195,7 +192,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not examples:
         raise IlfError("train: no examples")
-    is_host0 = jax.process_index() == 0
+    is_host0 = is_writer()
     tok, tok_dir = _resolve_tokenizer(tokenizer, model)
     config = _model_config(model, cfg)
     if mesh is None:
@@ -331,7 +328,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
         model_dir = save_model(out_dir / MODEL_DIR, save_config, params, tok_dir)
     else:  # adapters only, with a reference to the base; load_model merges them on load
         model_dir = save_adapters(out_dir / MODEL_DIR, save_config.replace(param_dtype="float32"), lora_meta, params, tok_dir)
-    if tok_dir is None and jax.process_index() == 0:
+    if tok_dir is None and is_writer():
         tok.save_pretrained(str(model_dir))
     if lora is not None:
         _export_peft(lora, params, save_config, out_dir / PEFT_DIR, lora_meta["base"])
@@ -340,7 +337,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
             save_config = save_config.replace(param_dtype="float32")
             params = jax.jit(lambda b, a: lora.merge(b, a, jax.numpy.float32))(base, params)
         export_hf(params, save_config, out_dir / HF_DIR, tokenizer_dir=model_dir)
-    if jax.process_index() == 0:
+    if is_writer():
         losses = [json.loads(line) for line in (out_dir / METRICS).read_text().splitlines() if line.strip()]
         rec = {
             "steps": total,
@@ -360,7 +357,7 @@ def _export_peft(lora: Lora, adapters: Any, config: ModelConfig, out_dir: pathli
     from ilf_jax.model.family import weight_map
 
     host = fetch(adapters)
-    if jax.process_index() == 0:
+    if is_writer():
         export_peft(lora, host, weight_map(config), out_dir, base_dir)
 
 
