@@ -105,7 +105,7 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
             app = {"app_annotations": out(annotate, AnnotationFile)}
         rd = add(f"{R}.refine_data", steps.refine_data,
                  steps.RefineDataParams(bool(fb.annotations or app), fb.allow_test_annotations, fb.annotator,
-                                        fb.annotator_seed, ids("refine", "test"), timeout),
+                                        fb.annotator_seed, ids("refine"), ids("test"), timeout),
                  app or ({} if fb.annotations else {"failures": out(col, Failure)}), ("tasks",) + ann)
         fbk = add(f"{R}.feedback", steps.feedback,
                   steps.FeedbackParams(fb.source, fb.programs, fb.shuffle_seed, fb.annotator, fb.annotator_seed,

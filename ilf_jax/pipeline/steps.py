@@ -228,10 +228,9 @@ def _annotations(ctx: StageContext, allow_test: bool) -> Any:
     return ctx.source("annotations") if "annotations" in ctx.stage.sources else None
 
 
-def _annotated_programs(ctx: StageContext, timeout: float, splits: Sequence[str], ann: Any) -> list[dict[str, Any]]:
-    """The annotated (original program, error) of the annotation rows `ann` in `splits`."""
-    task_set = ctx.source("tasks")
-    rows = [a for tid, a in sorted(ann.rows.items()) if task_set.split_of(tid) in splits]
+def _annotated_programs(ctx: StageContext, timeout: float, ids: Sequence[int], ann: Any) -> list[dict[str, Any]]:
+    """The annotated (original program, error) of the annotation rows `ann` of tasks `ids`."""
+    rows = [a for tid, a in sorted(ann.rows.items()) if tid in set(ids)]
     verdicts = run_programs(ctx, timeout, [(f"orig/{a.task_id}", a.task_id, a.original) for a in rows])
     return [{"task_id": a.task_id, "program": a.original, "error": verdicts[f"orig/{a.task_id}"].error,
              "original_passed": verdicts[f"orig/{a.task_id}"].passed} for a in rows]
@@ -240,14 +239,15 @@ def _annotated_programs(ctx: StageContext, timeout: float, splits: Sequence[str]
 @dataclasses.dataclass(frozen=True)
 class RefineDataParams:
     """Where pi_Refine's triples come from: human annotations (`annotated`: the file, or the app's; test-split
-    rows only when `allow_test`) or the scripted `annotator` on the refine split's failures; `ids` are the
-    refine and test tasks of the run."""
+    rows only when `allow_test`) or the scripted `annotator` on the refine split's failures; the run's
+    refine and test task ids."""
 
     annotated: bool
     allow_test: bool
     annotator: str | None
     annotator_seed: int
-    ids: tuple[int, ...]
+    refine_ids: tuple[int, ...]
+    test_ids: tuple[int, ...]
     timeout: float
 
 
@@ -258,10 +258,9 @@ def refine_data(ctx: StageContext, p: RefineDataParams) -> dict[str, Any]:
     allowed), else from the scripted annotator on the refine split's failing programs. A triple is kept when its
     refinement passes and Levenshtein(refinement, old) < half the longer of the two.
     """
-    task_set = ctx.source("tasks")
     if p.annotated:
         ann = _annotations(ctx, p.allow_test)
-        items = _annotated_programs(ctx, p.timeout, ["refine"] + (["test"] if p.allow_test else []), ann)
+        items = _annotated_programs(ctx, p.timeout, p.refine_ids + (p.test_ids if p.allow_test else ()), ann)
         triples = [{**it, "feedback": ann.rows[it["task_id"]].feedback, "refinement": ann.rows[it["task_id"]].refinement,
                     "source": "human"} for it in items]
     else:
@@ -281,7 +280,7 @@ def refine_data(ctx: StageContext, p: RefineDataParams) -> dict[str, Any]:
     RefineTriple.save(ctx.dir / RefineTriple.FILE, out)
     return {"triples": len(out), "kept": sum(r.kept for r in out),
             "excluded_test_annotations": len(ann.excluded_test_ids) if ann else 0,
-            "test_annotations_used": sum(task_set.split_of(r.task_id) == "test" and r.kept for r in out)}
+            "test_annotations_used": sum(r.task_id in set(p.test_ids) and r.kept for r in out)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,7 +340,7 @@ def feedback(ctx: StageContext, p: FeedbackParams) -> dict[str, Any]:
     shuffled across tasks (the unrelated-feedback control)."""
     ann = _annotations(ctx, False)  # train-split rows: the leakage guard does not touch them
     if p.programs == "annotated" or p.source == "app":
-        items = _annotated_programs(ctx, p.timeout, ["train"], ann)
+        items = _annotated_programs(ctx, p.timeout, p.ids, ann)
     else:
         items = [dataclasses.asdict(f) for f in ctx.read("failures") if f.split == "train"]
     if (p.source in ("human", "shuffled") and p.programs == "annotated") or p.source == "app":
