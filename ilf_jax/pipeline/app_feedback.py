@@ -21,6 +21,7 @@ from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import atomic_write_text, read_jsonl
 from ilf_jax.pipeline.artifacts import AnnotationFile, Failure
 from ilf_jax.pipeline.engine import StageContext
+from ilf_jax.pipeline.sources import TRAINING_SPLITS
 
 WORKSPACE = "annotate"
 QUEUE, EXPORT, PROGRESS = "queue.jsonl", "annotations.jsonl", "progress.json"
@@ -51,7 +52,7 @@ def annotate(ctx: StageContext, p: AnnotateParams) -> dict[str, Any]:
     """Queue the round's failures for the app; done once every queued item is annotated."""
     tasks = ctx.source("tasks").tasks
     ws = workspace_dir(ctx.run_dir, p.round)
-    failures = [f for f in ctx.read("failures") if f.split in ("refine", "train")]
+    failures = [f for f in ctx.read("failures") if f.split in TRAINING_SPLITS]
     queue = "".join(json.dumps(_queue_item(tasks[f.task_id], f), sort_keys=True) + "\n" for f in failures)
     if not (ws / QUEUE).is_file() or (ws / QUEUE).read_text(encoding="utf-8") != queue:
         atomic_write_text(ws / QUEUE, queue)
@@ -65,7 +66,7 @@ def annotate(ctx: StageContext, p: AnnotateParams) -> dict[str, Any]:
     atomic_write_text(ctx.dir / AnnotationFile.FILE, text)
     kept = {json.loads(line)["task_id"] for line in text.splitlines() if line.strip()} & wanted
     return {"queued": len(wanted), "annotated": len(kept), "cant_fix": len(wanted - kept),
-            "by_split": {s: sum(f.split == s and f.task_id in kept for f in failures) for s in ("refine", "train")}}
+            "by_split": {s: sum(f.split == s and f.task_id in kept for f in failures) for s in TRAINING_SPLITS}}
 
 
 def _queue_item(task: Any, failure: Failure) -> dict[str, Any]:

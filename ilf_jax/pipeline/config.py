@@ -17,14 +17,8 @@ from ilf_jax.configfile import apply_overrides, from_mapping, load_yaml, to_data
 from ilf_jax.errors import IlfError
 from ilf_jax.train.config import TrainConfig
 
-SPLIT_NAMES = ("prompt", "test", "refine", "train")
-FEEDBACK_SOURCES = ("human", "model", "shuffled", "scripted", "app")
-PROGRAM_SOURCES = ("annotated", "sampled")
-TASK_SOURCES = ("mbpp", "hf", "factory")
-BASELINES = ("zero_shot", "gold", "human", "fewshot_refine")
-SWEEP_KEYS = ("learning_rate", "batch_size", "epochs")
-
 Split = Literal["prompt", "test", "refine", "train"]
+Baseline = Literal["zero_shot", "gold", "human", "fewshot_refine"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +172,7 @@ class PipelineConfig:
     refiner: RefinerSection = dataclasses.field(default_factory=RefinerSection)
     finetune: FinetuneSection = dataclasses.field(default_factory=FinetuneSection)
     evaluation: EvaluationSection = dataclasses.field(default_factory=EvaluationSection)
-    baselines: tuple[Literal["zero_shot", "gold", "human", "fewshot_refine"], ...] = BASELINES
+    baselines: tuple[Baseline, ...] = typing.get_args(Baseline)
     rounds: int = 1
     sweep: SweepSection = dataclasses.field(default_factory=SweepSection)
     report: ReportSection = dataclasses.field(default_factory=ReportSection)

@@ -14,6 +14,7 @@ from ilf_jax.data.task import Task
 from ilf_jax.errors import IlfError
 
 PIPELINE_SPLITS = ("test", "refine", "train")
+TRAINING_SPLITS = ("refine", "train")  # where failures are collected and annotated
 
 
 @dataclasses.dataclass(frozen=True)

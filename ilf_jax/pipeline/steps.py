@@ -25,7 +25,7 @@ from ilf_jax.pipeline.artifacts import (Failure, Feedback, ModelPointer, Perplex
                                         Verdict)
 from ilf_jax.pipeline.engine import StageContext, agreed
 from ilf_jax.pipeline.resources import ModelRef
-from ilf_jax.pipeline.sources import import_callable
+from ilf_jax.pipeline.sources import TRAINING_SPLITS, import_callable
 from ilf_jax.processes import is_writer, process_count
 from ilf_jax.sample.sampler import SamplingConfig
 from ilf_jax.train.config import TrainConfig
@@ -201,7 +201,7 @@ def collect(ctx: StageContext, p: None) -> dict[str, Any]:
                                 first.error, len(verdicts)))
     Failure.save(ctx.dir / Failure.FILE, failures)
     return {"tasks": len(by_task), "failing_tasks": len(failures),
-            "failing_by_split": {s: sum(f.split == s for f in failures) for s in ("refine", "train")}}
+            "failing_by_split": {s: sum(f.split == s for f in failures) for s in TRAINING_SPLITS}}
 
 
 def _scripted(ctx: StageContext, annotator: str, seed: int, items: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
