@@ -22,13 +22,10 @@ from typing import Any, ClassVar
 from ilf_jax.configfile import from_mapping
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import atomic_write_json, read_jsonl, write_jsonl
-from ilf_jax.pipeline.artifacts import Artifact, ModelPointer, Summary
+from ilf_jax.pipeline.artifacts import TRAIN_DIR, Artifact, ModelPointer, Summary
 from ilf_jax.pipeline.engine import Stage, StageContext
 from ilf_jax.pipeline.sources import import_callable
 from ilf_jax.train.config import TrainConfig
-
-TRAIN_DIR = "train"
-
 
 @dataclasses.dataclass(frozen=True)
 class CorpusSection:

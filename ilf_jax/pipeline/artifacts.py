@@ -17,6 +17,7 @@ from ilf_jax.jsonl import read_json, read_jsonl, write_jsonl
 
 STAGES = "stages"
 STATE = "stage.json"
+TRAIN_DIR = "train"  # a training stage's trainer output folder (checkpoints, metrics.jsonl, model)
 
 
 def stage_dir(run_dir: pathlib.Path, name: str) -> pathlib.Path:
@@ -137,7 +138,7 @@ class Summary:
 class TrainLog:
     """A training stage's loss curve [(step, loss)], or None when it trained nothing."""
 
-    FILE: ClassVar[str] = "train/metrics.jsonl"
+    FILE: ClassVar[str] = f"{TRAIN_DIR}/metrics.jsonl"
 
     @classmethod
     def load(cls, path: pathlib.Path) -> list[tuple[int, float]] | None:

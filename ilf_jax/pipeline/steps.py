@@ -21,8 +21,8 @@ from ilf_jax.data.annotations import keep_annotation, levenshtein
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import RecordLog, atomic_write_json
 from ilf_jax.pipeline import faults, texts
-from ilf_jax.pipeline.artifacts import (Failure, Feedback, ModelPointer, Perplexity, RefineTriple, Sample, Selected,
-                                        Verdict)
+from ilf_jax.pipeline.artifacts import (TRAIN_DIR, Failure, Feedback, ModelPointer, Perplexity, RefineTriple, Sample,
+                                        Selected, Verdict)
 from ilf_jax.pipeline.engine import StageContext, agreed
 from ilf_jax.pipeline.resources import ModelRef
 from ilf_jax.pipeline.sources import TRAINING_SPLITS, import_callable
@@ -30,7 +30,6 @@ from ilf_jax.processes import is_writer, process_count
 from ilf_jax.sample.sampler import SamplingConfig
 from ilf_jax.train.config import TrainConfig
 
-TRAIN_DIR = "train"
 _EXEC_FLUSH = 8  # results appended per fsync
 _EXEC_ROUND = 32  # programs per process between merges, in multi-process runs
 _NO_ID = {"identity": False}  # a parameter that changes how work is batched, never its results
@@ -127,9 +126,10 @@ class ExecParams:
     timeout: float
 
 
-def _verdict(r: Any) -> Verdict:
-    tid, smp = (int(x) for x in r.id.split("/"))
-    return Verdict(tid, smp, r.verdict, r.passed, r.error)
+def _verdict(r: Any, of: dict[str, Sample]) -> Verdict:
+    """The verdict record of executor result `r` for the sample its job was made from (`of`: by job id)."""
+    s = of[r.id]
+    return Verdict(s.task_id, s.sample, r.verdict, r.passed, r.error)
 
 
 def execute(ctx: StageContext, p: ExecParams) -> dict[str, Any]:
@@ -141,8 +141,9 @@ def execute(ctx: StageContext, p: ExecParams) -> dict[str, Any]:
     with _log(ctx, "verdicts.partial.jsonl", _by_sample) as log:
         todo = [s for s in samples if _by_sample(s) not in log]
         agreed([_by_sample(s) for s in todo])
-        jobs = [job_for_program(tasks[s.task_id], texts.program_of(tasks[s.task_id], s.completion), f"{s.task_id}/{s.sample}")
-                for s in todo]
+        of = {f"{s.task_id}/{s.sample}": s for s in todo}
+        jobs = [job_for_program(tasks[s.task_id], texts.program_of(tasks[s.task_id], s.completion), job_id)
+                for job_id, s in of.items()]
         if jobs:
             with Executor(ctx.services.workers, p.timeout) as ex, _bar(ctx, len(samples), len(samples) - len(todo)) as bar:
                 if process_count() > 1:
@@ -150,12 +151,12 @@ def execute(ctx: StageContext, p: ExecParams) -> dict[str, Any]:
 
                     for batch in _chunks(jobs, _EXEC_ROUND * process_count()):
                         results = map_shared(ex.run, batch)
-                        log.append(_verdict(r).to_json() for r in results)
+                        log.append(_verdict(r, of).to_json() for r in results)
                         bar.update(len(results))
                 else:
                     pending: list[dict[str, Any]] = []
                     for r in ex.imap(jobs):
-                        pending.append(_verdict(r).to_json())
+                        pending.append(_verdict(r, of).to_json())
                         bar.update(1)
                         if len(pending) >= _EXEC_FLUSH:
                             log.append(pending)
