@@ -1,14 +1,16 @@
 """Sampling throughput: our jitted prefill + while-loop decode vs `transformers` PyTorch `generate`.
 
-Same random weights in both (a torch CodeGenForCausalLM saved and converted), CPU, fp32.
-Default workload (issue 3): 6 layers, width 512, 8 heads, rotary_dim 32, vocab 51200; batch 16,
-prompt 128 tokens, 128 new tokens sampled at T = 0.8 with no early stop (no EOS, no stop rule).
+Same random weights in both (a transformers model saved and converted), CPU, fp32.
+Default workload (issue 3): CodeGen, 6 layers, width 512, 8 heads, rotary_dim 32, vocab 51200;
+`--family llama`: the same depth and width with GQA 8/2 heads, SwiGLU (1344 wide), vocab 32000.
+Batch 16, prompt 128 tokens, 128 new tokens sampled at T = 0.8 with no early stop (no EOS, no
+stop rule).
 
 Prints tokens/s of ours, of `transformers` batched generate, and of the paper's procedure (one
 sample per `generate` call), the ratios, and our achieved FLOP/s as a fraction of a dense fp32
 matmul peak measured here.
 
-    python scripts/bench_sampling.py [--batch 16] [--prompt 128] [--new 128] [--paper-calls 2]
+    python scripts/bench_sampling.py [--family codegen|llama] [--batch 16] [--prompt 128] [--new 128] [--paper-calls 2]
 """
 
 from __future__ import annotations
@@ -18,20 +20,15 @@ import os
 import tempfile
 import time
 
-from bench_common import matmul_peak
+from bench_common import add_model_args, bench_models, describe, matmul_flops_per_token, matmul_peak
 
 
-def _flops(cfg, batch: int, prompt: int, new: int) -> float:
+def _flops(config, batch: int, prompt: int, new: int) -> float:
     """Matmul FLOPs we execute: prefill (blocks at every prompt position, logits at the last) + decode,
     2 per multiply-add, decode attention over all cache slots it reads."""
-    d, layers, v = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
-    inner = cfg.get("n_inner") or 4 * d
-    blocks = 2 * layers * (4 * d * d + 2 * d * inner)
-    per_token = blocks + 2 * d * v
-    prefill = batch * (prompt * blocks + 2 * d * v) + batch * layers * 4 * prompt * prompt * d / 2
-    slots = prompt + new  # our decode attends over the whole (masked) cache
-    decode = batch * (new - 1) * (per_token + layers * 4 * slots * d)
-    return prefill + decode
+    prefill_blocks, head = matmul_flops_per_token(config, prompt / 2)  # causal: prompt / 2 keys on average
+    decode_blocks, _ = matmul_flops_per_token(config, prompt + new)  # our decode attends over the whole (masked) cache
+    return batch * (prompt * prefill_blocks + head) + batch * (new - 1) * (decode_blocks + head)
 
 
 class _NoText:
@@ -52,32 +49,21 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=51200)
+    add_model_args(p)
     p.add_argument("--paper-calls", type=int, default=2, help="single-sample generate calls timed for the paper baseline")
     p.add_argument("--reps", type=int, default=2, help="timed runs of each batched sampler, interleaved (best is reported)")
     args = p.parse_args()
 
     import numpy as np
     import torch
-    from transformers import CodeGenConfig as HFConfig
-    from transformers import CodeGenForCausalLM
 
-    from ilf_jax.model.store import load_model
     from ilf_jax.sample import Sampler, SamplingConfig
 
-    cfg = dict(vocab_size=args.vocab, n_positions=2048, n_embd=args.width, n_layer=args.layers, n_head=args.heads, rotary_dim=32)
-    torch.manual_seed(0)
-    hf = CodeGenForCausalLM(HFConfig(**cfg, n_ctx=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)).eval()
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        config, params = load_model(d)
+    hf, config, params = bench_models(args)
     rng = np.random.default_rng(0)
-    prompts = [list(map(int, rng.integers(1, 50000, size=args.prompt))) for _ in range(args.batch)]
+    prompts = [list(map(int, rng.integers(1, config.vocab_size, size=args.prompt))) for _ in range(args.batch)]
     new_tokens = args.batch * args.new
-    print(f"workload: {args.layers} layers, width {args.width}, {args.heads} heads, vocab {args.vocab}; batch {args.batch}, "
+    print(f"workload: {describe(config)}; batch {args.batch}, "
           f"prompt {args.prompt}, {args.new} new tokens, T={args.temperature}, no early stop; "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
 
@@ -112,7 +98,7 @@ def main() -> None:
         print(f"paper procedure (1 sample/call): {args.new / paper:7.1f} tokens/s  ({paper:.2f} s per sample, {args.paper_calls} calls)")
 
     peak = matmul_peak()
-    flops = _flops(cfg, args.batch, args.prompt, args.new)
+    flops = _flops(config, args.batch, args.prompt, args.new)
     achieved = flops / ours
     print(f"speed-up vs transformers batched: {theirs / ours:.2f}x; vs paper procedure: {(paper * args.batch) / ours:.2f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")

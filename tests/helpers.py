@@ -35,13 +35,15 @@ LLAMA_TINY = {
 }
 
 
-def tiny_hf_llama(name: str, seed: int = 0, std: float = 0.2):
-    """A random Llama-family causal LM of `LLAMA_TINY[name]` (fp32, eager attention, eval mode)."""
+def tiny_hf_llama(name: str, seed: int = 0, std: float = 0.2, **changes):
+    """A random Llama-family causal LM of `LLAMA_TINY[name]` (fields updated by `changes`; fp32,
+    eager attention, eval mode)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, kw = LLAMA_TINY[name]
-    cfg = AutoConfig.for_model(model_type, max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=0, **kw)
+    kw = {"max_position_embeddings": 128, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, **kw, **changes}
+    cfg = AutoConfig.for_model(model_type, **kw)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():
@@ -143,6 +145,48 @@ def tiny_tokenizer(directory: pathlib.Path, vocab_size: int = 256) -> pathlib.Pa
     return directory
 
 
+CODE_CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "def first(xs):\n    if not xs:\n        return None\n    return xs[0]\n",
+    '"""\nWrite a function to sum a list.\n>>> Example: sum_list([1, 2]) = 3\n"""\n',
+    "for i in range(10):\n    print(i * i)\n",
+    "    x = 1\n\n# a comment\n    y = 2\n\n\n",
+] * 4
+
+
+def crossing_bpe_tokenizer(directory: pathlib.Path, vocab_size: int = 400) -> pathlib.Path:
+    """A byte-level BPE without a pre-tokenizer split, so merges cross newlines and spaces
+    (tokens like ":\n    " and "\n\n#"); EOS `<|endoftext|>` at id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CODE_CORPUS, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>").save_pretrained(directory)
+    return directory
+
+
+def sentencepiece_tokenizer(directory: pathlib.Path, vocab_size: int = 400) -> pathlib.Path:
+    """A Llama-2-style tokenizer: `▁` for spaces with a dummy prefix, merges across spaces,
+    byte fallback (`<0x0A>` for newlines, which no piece contains), `<unk>`/`<s>`/`</s>` at 0/1/2
+    and the decoder chain of Llama's tokenizer.json (Replace, ByteFallback, Fuse, Strip)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator([t.replace("\n", " ") for t in CODE_CORPUS], trainer)  # no piece holds a newline
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>", unk_token="<unk>", pad_token="</s>").save_pretrained(directory)
+    return directory
+
+
 def passes_own_asserts(code: str, task) -> bool:
     """Whether `code` passes the task's asserts, run in-process: only for the project's own generated tasks."""
     env: dict = {}
@@ -153,8 +197,15 @@ def passes_own_asserts(code: str, task) -> bool:
     return True
 
 
-def tiny_pipeline_model(directory: pathlib.Path) -> pathlib.Path:
-    """The tiny random CodeGen + tokenizer that configs/pipeline/tiny.yaml runs are tested with."""
-    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), directory)
+PIPELINE_MODELS = {
+    "codegen": lambda: tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}),
+    "llama": lambda: tiny_hf_llama("llama-gqa", vocab_size=256, max_position_embeddings=256),
+}
+
+
+def tiny_pipeline_model(directory: pathlib.Path, family: str = "codegen") -> pathlib.Path:
+    """The tiny random model (CodeGen, or a GQA Llama) + tokenizer that configs/pipeline/tiny.yaml
+    runs are tested with."""
+    save_hf(PIPELINE_MODELS[family](), directory)
     tiny_tokenizer(directory)
     return directory

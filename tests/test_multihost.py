@@ -134,17 +134,17 @@ PIPELINE = ["baselines=[]", "report.perplexity=false", "tasks.ids.test=[11,12]",
             *[f"{s}.train.{k}" for s in ("refiner", "finetune") for k in ("mesh=[-1,1,1]", "batch_size=8")]]
 
 
-def test_pipeline_two_processes_write_the_same_artifacts(tmp_path, shared_data):
+@pytest.mark.parametrize("family", ["codegen", "llama"])
+def test_pipeline_two_processes_write_the_same_artifacts(tmp_path, shared_data, family):
     """Sampling (SPMD, each host tokenizes its share), execution (each host runs its share of the
     programs, verdicts merged), one train step (Orbax checkpoints from both processes) and sampling
-    from the trained model: records, stage summaries and results.json equal the one-process run's."""
-    from helpers import TINY_CONFIGS, save_hf, tiny_hf_model, tiny_tokenizer
+    from the trained model: records, stage summaries and results.json equal the one-process run's
+    (for a tiny CodeGen and a tiny grouped-query Llama)."""
+    from helpers import tiny_pipeline_model
     from ilf_jax import cli
     from test_pipeline import TINY, _artifacts, _overrides
 
-    model = tmp_path / "model"
-    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), model)
-    tiny_tokenizer(model)
+    model = tiny_pipeline_model(tmp_path / "model", family)
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["run", str(TINY), *PIPELINE]
     assert cli.main([*args, *_overrides(shared_data, model, one), "--no-progress"]) == 0

@@ -30,13 +30,15 @@ def _overrides(shared: pathlib.Path, model: pathlib.Path, run_dir: pathlib.Path)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> pathlib.Path:
-    from helpers import TINY_CONFIGS, save_hf, tiny_hf_model, tiny_tokenizer
+def tiny_model(request, tmp_path_factory) -> pathlib.Path:
+    """The tiny random model of a family (`codegen` unless a test parametrises it) + tokenizer."""
+    from helpers import tiny_pipeline_model
 
-    d = tmp_path_factory.mktemp("tiny-model")
-    save_hf(tiny_hf_model(**{**TINY_CONFIGS["a"], "n_positions": 256}), d)
-    tiny_tokenizer(d)
-    return d
+    return tiny_pipeline_model(tmp_path_factory.mktemp(f"tiny-model-{request.param}"), request.param)
+
+
+# Every test runs on the tiny CodeGen (one shared run); the end-to-end test also on a tiny Llama.
+CODEGEN = pytest.mark.parametrize("tiny_model", ["codegen"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,7 @@ def _normalized_digests(run_dir: pathlib.Path, tiny_model: pathlib.Path) -> dict
     return out
 
 
+@CODEGEN
 def test_tiny_run_artifacts_match_the_recorded_hashes(full_run, tiny_model):
     """Refactors must not change what a run writes: every record file, summary and report, byte for byte
     (ILF_RECORD_GOLDEN=1 rewrites tests/golden/tiny_run_artifacts.json after an intended change)."""
@@ -113,6 +116,7 @@ def test_tiny_run_artifacts_match_the_recorded_hashes(full_run, tiny_model):
     assert {k for k in got if got[k] != want.get(k)} | (set(want) - set(got)) == set()
 
 
+@pytest.mark.parametrize("tiny_model", ["codegen", "llama"], indirect=True)
 def test_end_to_end_writes_every_stage_artifact_and_table(full_run):
     run_dir, overrides = full_run
     opened = open_run(config_from(str(TINY), overrides), progress=False, check=False)
@@ -158,6 +162,7 @@ def test_end_to_end_writes_every_stage_artifact_and_table(full_run):
     assert any((run_dir / "tb").iterdir())
 
 
+@CODEGEN
 def test_rerun_skips_and_config_change_reruns_exactly_dependents(full_run, capsys):
     run_dir, overrides = full_run
     before = _artifacts(run_dir)
@@ -200,6 +205,7 @@ def _partial_lines(path: pathlib.Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
+@CODEGEN
 def test_sigkill_in_sampling_execution_and_training_then_resume_matches(full_run, tmp_path):
     full_dir, full_overrides = full_run
     run_dir = tmp_path / "run"

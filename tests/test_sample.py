@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 from helpers import TINY_CONFIGS, random_batch, save_hf, tiny_hf_model, tiny_tokenizer
-from ilf_jax.data.formats import truncate_completion
+from ilf_jax.data.formats import EOS, truncate_completion
 from ilf_jax.model.codegen import forward
 from ilf_jax.model.store import load_model, load_tokenizer
+from ilf_jax.model.tokens import decode_continuation, encode_continuations
 from ilf_jax.parallel import make_mesh
 from ilf_jax.sample import Sampler, SamplingConfig
 from ilf_jax.sample import decode
 from ilf_jax.sample.policy import Policy
-from ilf_jax.sample.stop import StopTables, host_stop_index, token_texts
+from ilf_jax.sample.sampler import completion_text
+from ilf_jax.sample.stop import StopTables, byte_fallback_values, host_stop_index, initial_state, token_texts
 
 
 @pytest.fixture(scope="module")
@@ -217,26 +219,38 @@ def _record_all(tables, st, token_rows: np.ndarray) -> decode.State:
         step=jnp.zeros((), jnp.int32),
         out=jnp.full((b, length), st.eos_id, jnp.int32),
         done=jnp.zeros((b,), bool),
-        after_nl=jnp.zeros((b,), bool),
+        after_nl=initial_state(b),
         reason=jnp.zeros((b,), jnp.int32),
         num=jnp.zeros((b,), jnp.int32),
     )
     return jax.jit(lambda s, t: jax.lax.scan(body, s, t)[0])(state, jnp.asarray(token_rows.T))
 
 
-def test_stop_rule_on_crafted_and_random_sequences(tokenizer_dir):
-    tok = load_tokenizer(tokenizer_dir)
+@pytest.fixture(scope="module", params=["bpe", "bpe-crossing", "sentencepiece"])
+def stop_tokenizer(request, tokenizer_dir, tmp_path_factory):
+    """The tiny byte-level BPE; one whose merges cross newlines and spaces; a SentencePiece-style one."""
+    from helpers import crossing_bpe_tokenizer, sentencepiece_tokenizer
+
+    build = {"bpe": None, "bpe-crossing": crossing_bpe_tokenizer, "sentencepiece": sentencepiece_tokenizer}[request.param]
+    return load_tokenizer(tokenizer_dir if build is None else build(tmp_path_factory.mktemp(request.param)))
+
+
+def test_stop_rule_on_crafted_and_random_sequences(stop_tokenizer):
+    tok = stop_tokenizer
     vocab = len(tok) + 8  # as in CodeGen, the embedding has ids the tokenizer lacks: they decode to ''
     texts = token_texts(tok, vocab)
     assert texts[-1] == "" and tok.decode([vocab - 1, 5]) == tok.decode([5])
-    tables = StopTables.from_texts(texts, vocab).device()
+    byte_values = byte_fallback_values(tok, texts)
+    assert (max(byte_values) == 255) == (tok.eos_token == "</s>")  # the SentencePiece-style one falls back to bytes
+    tables = StopTables.from_texts(texts, vocab, byte_values).device()
     eos = tok.eos_token_id
     rng = np.random.default_rng(0)
-    seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in CRAFTED]
+    # The crafted completions as they follow a prompt, with this tokenizer's EOS.
+    seqs = encode_continuations(tok, [t.replace(EOS, tok.eos_token) for t in CRAFTED])
     # Single-character tokens too, so that "\n" and the next character come from different tokens.
     seqs += [[tok.convert_tokens_to_ids(c) for c in tok.convert_ids_to_tokens(s)] for s in seqs[:4]]
-    # Random sequences biased towards newlines, spaces, letters and EOS.
-    hot = [i for i, t in enumerate(texts) if "\n" in t or t.strip() == "" or t[:1].isalpha() or t[:1] in "#\"("]
+    # Random sequences biased towards newlines, spaces, letters, EOS and non-ASCII bytes.
+    hot = [i for i, t in enumerate(texts) if "\n" in t or t.strip() == "" or t[:1].isalpha() or t[:1] in "#\"(" or byte_values[i] >= 0x80]
     assert vocab - 1 in hot  # empty tokens between a newline and the next character
     for _ in range(300):
         pool = hot if rng.random() < 0.8 else list(range(vocab))
@@ -247,7 +261,7 @@ def test_stop_rule_on_crafted_and_random_sequences(tokenizer_dir):
     state = _record_all(tables, st, rows)
     num, reason, out = np.asarray(state.num), np.asarray(state.reason), np.asarray(state.out)
     assert len(set(num.tolist())) > 5  # rows finish independently
-    sampler_decode = lambda ids: truncate_completion(tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))  # noqa: E731
+    sampler_decode = lambda ids: completion_text(tok, ids, eos)  # noqa: E731
     for i, s in enumerate(seqs):
         full = list(rows[i])
         got = full[: num[i]]
@@ -256,7 +270,7 @@ def test_stop_rule_on_crafted_and_random_sequences(tokenizer_dir):
         assert out[i, : num[i]].tolist() == got
         # The device stop never falls before the reference cut, and the text is the reference's.
         assert sampler_decode(got) == sampler_decode(full), (i, tok.decode(full))
-        k = host_stop_index(texts, full)
+        k = host_stop_index(texts, full, byte_values)
         e = full.index(eos)
         if k is not None and k < e:
             assert reason[i] == decode.STOP and num[i] == k + 1
@@ -264,8 +278,7 @@ def test_stop_rule_on_crafted_and_random_sequences(tokenizer_dir):
             assert reason[i] == decode.EOS and num[i] == e + 1
         # When stopped by the rule, the pattern really completes on the last token.
         if reason[i] == decode.STOP:
-            text = tok.decode(got, skip_special_tokens=False)
-            prev = tok.decode(got[:-1], skip_special_tokens=False)
+            text, prev = decode_continuation(tok, got), decode_continuation(tok, got[:-1])
             assert re.search(r'\n[A-Za-z#"]', text) and not re.search(r'\n[A-Za-z#"]', prev)
     # The crafted texts stop where expected.
     for i, text in enumerate(CRAFTED):

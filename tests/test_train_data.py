@@ -33,6 +33,23 @@ def test_config_from_dict():
         TrainConfig.from_dict({"schedule": "step"})
 
 
+def test_pieces_join_without_sentencepiece_dummy_spaces(tmp_path):
+    """With a SentencePiece-style tokenizer, prompt and target tokens join into exactly their text
+    (each piece tokenized alone would gain a dummy space); the target starts where the prompt ends."""
+    from ilf_jax.model.store import load_tokenizer
+    from ilf_jax.model.tokens import decode_continuation
+    from tests.helpers import sentencepiece_tokenizer
+
+    sp = load_tokenizer(sentencepiece_tokenizer(tmp_path / "sp"))
+    ex = Example("\n\nFEEDBACK:\nfix it\n", "    return x\n", truncatable="def f(x):\n    return x + 1\n", prefix="OLD CODE:\n")
+    (e,) = encode_examples(sp, [ex], 512, 64)
+    text = sp.decode(e.tokens.tolist()[:-1], skip_special_tokens=False)
+    assert text == ex.prefix + ex.truncatable + ex.prompt + ex.target
+    assert decode_continuation(sp, e.tokens.tolist()[e.n_prompt : -1]) == ex.target
+    naive = sp(ex.target, add_special_tokens=False)["input_ids"]
+    assert decode_continuation(sp, naive) == " " + ex.target  # what the pieces would gain otherwise
+
+
 def test_truncation_cuts_old_code_first_then_prompt_left(tok):
     eos = tok.eos_token_id
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -17,6 +17,7 @@ that still gets no answer is `harness_error`. Nothing runs program code in this 
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import math
@@ -38,6 +39,7 @@ from ilf_jax.execute.job import Job, Result
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _START_TIMEOUT_S = 60.0
 _GRACE_S = 30.0
+_WINDOW = 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,19 +87,6 @@ class _Worker:
             return wire.recv(fd)
         except (OSError, ValueError, wire.Malformed, wire.TooBig):
             return None
-
-    def call(self, wire_job: dict[str, Any], deadline_s: float) -> dict[str, Any] | None:
-        """Run one job; None when the worker died or hung (it is then killed)."""
-        try:
-            wire.send(self.proc.stdin.fileno(), wire_job)
-        except OSError:
-            self.kill()
-            return None
-        reply = self._recv(time.monotonic() + deadline_s)
-        if not isinstance(reply, dict) or "verdict" not in reply:
-            self.kill()
-            return None
-        return reply
 
     def kill(self) -> None:
         """Kill the worker (its jobs' sandboxes die with their lifelines) and reap it."""
@@ -147,7 +136,7 @@ class Executor:
                      "frames": frames, "reply_bytes": reply_mb << 20, "judge_memory_mb": judge_memory_mb,
                      "isolate": isolate, "hide": [os.path.abspath(p) for p in hide],
                      "binds": [d for d in isolation.SYSTEM_DIRS if os.path.lexists(d)]
-                     + isolation.python_dirs(sys.path, [_PACKAGE_ROOT, os.getcwd()])}
+                     + isolation.python_dirs(sys.path, [sys.base_prefix, sys.prefix, sys.exec_prefix])}
         self._slots: list[_Worker | None] = []
         self._threads: list[threading.Thread] = []
         self._jobs: queue.Queue = queue.Queue()
@@ -194,34 +183,76 @@ class Executor:
         self._threads, self._slots = [], []
         self._started = False
 
-    def _run_one(self, slot: int, job: Job) -> Result:
-        """Run a job on this slot's worker; replace a dead or hung worker and retry once."""
-        wire_job = job.to_wire()
-        for _attempt in range(2):
-            w = self._slots[slot]
-            if w is None or w.proc.poll() is not None:
-                w = self._slots[slot] = _Worker(self._cfg)
-            reply = w.call(wire_job, self.wall_timeout + _GRACE_S)
-            if reply is not None:
-                return Result(job.id, str(reply["verdict"]), reply["verdict"] == "passed", str(reply["error"]),
-                              float(reply["duration_s"]), float(reply.get("cpu_s", 0.0)), str(reply.get("isolation")))
-            self._slots[slot] = None
-        return Result(job.id, "harness_error", False, "HarnessError: the executor worker died twice on this program",
-                      0.0, 0.0, self.isolation)
+    def _result(self, job: Job, reply: dict[str, Any]) -> Result:
+        return Result(job.id, str(reply["verdict"]), reply["verdict"] == "passed", str(reply["error"]),
+                      float(reply["duration_s"]), float(reply.get("cpu_s", 0.0)), str(reply.get("isolation")))
+
+    def _worker(self, slot: int) -> _Worker:
+        """This slot's worker, started anew if it is gone."""
+        w = self._slots[slot]
+        if w is None or w.proc.poll() is not None:
+            w = self._slots[slot] = _Worker({**self._cfg})
+        return w
 
     def _serve(self, slot: int) -> None:
-        """Thread body: take (index, job, reply queue, cancelled) items until told to stop."""
-        while (item := self._jobs.get()) is not None:
-            index, job, out, cancelled = item
-            if cancelled.is_set():
-                out.put((index, None))
+        """Thread body: take (index, job, reply queue, cancelled) items until told to stop.
+
+        Up to _WINDOW jobs are handed to the worker ahead, so that it starts the next one as soon as
+        it answered one. When the worker dies or hangs, the jobs it held run again one at a time on a
+        new worker; a job that was with a dying worker twice is `harness_error`.
+        """
+        sent: collections.deque = collections.deque()  # [item, attempts], oldest first (answers come in order)
+        redo: collections.deque = collections.deque()
+        stop = False
+        while True:
+            while len(sent) < (1 if redo else _WINDOW) and (redo or not stop):
+                if redo:
+                    entry = redo.popleft()
+                else:
+                    try:
+                        item = self._jobs.get(block=not sent)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    if item[3].is_set():  # an abandoned imap
+                        item[2].put((item[0], None))
+                        continue
+                    entry = [item, 0]
+                sent.append(entry)
+                try:
+                    wire.send(self._worker(slot).proc.stdin.fileno(), entry[0][1].to_wire())
+                except Exception:  # noqa: BLE001 - a dead worker: seen when its answer does not come
+                    pass
+            if not sent:
+                if stop:
+                    return
                 continue
-            try:
-                result = self._run_one(slot, job)
-            except Exception as e:  # noqa: BLE001 - never lose a job: report it
-                result = Result(job.id, "harness_error", False, f"HarnessError: {type(e).__name__}: {e}", 0.0, 0.0,
-                                self.isolation)
-            out.put((index, result))
+            w = self._slots[slot]
+            reply = w._recv(time.monotonic() + self.wall_timeout + _GRACE_S) if w is not None else None
+            if isinstance(reply, dict) and "verdict" in reply:
+                (index, job, out, _), _ = sent.popleft()
+                try:
+                    result = self._result(job, reply)
+                except Exception as e:  # noqa: BLE001 - never lose a job: report it
+                    result = Result(job.id, "harness_error", False, f"HarnessError: {type(e).__name__}: {e}", 0.0,
+                                    0.0, self.isolation)
+                out.put((index, result))
+                continue
+            if w is not None:
+                w.kill()
+            self._slots[slot] = None
+            while sent:
+                entry = sent.popleft()
+                entry[1] += 1
+                if entry[1] < 2:
+                    redo.append(entry)
+                else:
+                    (index, job, out, _), _ = entry
+                    out.put((index, Result(job.id, "harness_error", False,
+                                           "HarnessError: the executor worker died twice on this program", 0.0, 0.0,
+                                           self.isolation)))
 
     def imap(self, jobs: Iterable[Job]) -> Iterator[Result]:
         """Results as they complete (any order); every job yields exactly one result."""

@@ -103,22 +103,29 @@ class Sandbox:
         self.status_r, status_w = os.pipe()
         life_r, self.life_w = os.pipe()
         theirs = [req_r, rep_w, out_w, err_w, status_w, life_r]
-        self.pidfd = -1
+        self.pidfd, self.pid, self.setup_error, self.sock = -1, 0, "", worker.zygote_sock
         try:
-            reply, self.pidfd = zygote.spawn(worker.zygote_sock, theirs,
-                                             {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
+            zygote.ask(worker.zygote_sock, theirs, {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
         finally:
             for fd in theirs:
                 os.close(fd)
-        self.pid = int(reply.get("pid") or 0)
-        self.setup_error = str(reply.get("error") or "")
+        self.asked = True
         self.status_buf = b""
         self.ready: bool | None = None
         self.cpu, self.status = 0.0, None
         self.namespaces, self.own_uid = worker.namespaces, worker.own_uid
 
+    def answered(self) -> None:
+        """Take the zygote's answer to our request (once)."""
+        if self.asked:
+            self.asked = False
+            reply, self.pidfd = zygote.answer(self.sock)
+            self.pid = int(reply.get("pid") or 0)
+            self.setup_error = str(reply.get("error") or "")
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Read the init's first word: ready, or the reason the sandbox could not be built."""
+        self.answered()
         deadline = time.monotonic() + timeout
         while self.ready is None and time.monotonic() < deadline:
             if not select.select([self.status_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
@@ -174,12 +181,21 @@ class Sandbox:
         except ProcessLookupError:
             pass
 
-    def kill(self) -> None:
-        """Kill every process of the job, reap the init, close the worker's pipe ends, remove its directory."""
+    def kill(self, wait: bool = True) -> int:
+        """Kill every process of the job, close the worker's pipe ends, remove its directory. With `wait`,
+        return once the init has exited (-1); else return its pidfd, to be waited on later."""
+        try:
+            self.answered()
+        except OSError:
+            pass
+        left = -1
         if self.pidfd >= 0:
             self.end_processes()
-            select.select([self.pidfd], [], [], 10.0)  # readable once the init has exited
-            os.close(self.pidfd)
+            if wait:
+                select.select([self.pidfd], [], [], 10.0)  # readable once the init has exited
+                os.close(self.pidfd)
+            else:
+                left = self.pidfd
             self.pidfd = -1
         for fd in (self.req_w, self.rep_r, self.out_r, self.err_r, self.status_r, self.life_w):
             if fd >= 0:
@@ -191,6 +207,7 @@ class Sandbox:
         if self.dir is not None:
             remove_tree(self.dir)
             self.dir = None
+        return left
 
 
 def _sigkill(pid: int) -> None:
@@ -234,6 +251,8 @@ class Worker:
         self._tmp: str | None = None
         self.zygote_pid, self.zygote_sock = zygote.start(cfg, [proto_in, proto_out])
         self.spare: Sandbox | None = None
+        self.dying: list[Sandbox] = []
+        self.exiting: list[int] = []  # pidfds of killed inits not yet seen exiting
 
     def tmp_root(self) -> str:
         if self._tmp is None:
@@ -268,7 +287,21 @@ class Worker:
             if not pid:
                 return
 
+    def bury(self, wait: bool = False) -> None:
+        """Release the ended jobs' pipes and directories. Their processes are dead (SIGKILL) but may still
+        be exiting: that is waited for here only without namespaces (a directory is removed) or with `wait`."""
+        while self.dying:
+            left = self.dying.pop().kill(wait=wait or not self.namespaces)
+            if left >= 0:
+                self.exiting.append(left)
+        for fd in list(self.exiting):
+            if wait or select.select([fd], [], [], 0)[0]:
+                select.select([fd], [], [], 10.0)
+                os.close(fd)
+                self.exiting.remove(fd)
+
     def close(self) -> None:
+        self.bury(wait=True)
         if self.spare is not None:
             self.spare.kill()
             self.spare = None
@@ -283,6 +316,7 @@ class Worker:
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """One job, start to verdict; a failure on this side is `harness_error` for this job."""
+        self.bury()  # (normally done already, right after the previous verdict was sent)
         start = time.monotonic()
         try:
             return self._run(job, start)
@@ -295,15 +329,19 @@ class Worker:
             if not self.namespaces:
                 self._reap_strays()
 
-    def _run(self, job: dict[str, Any], start: float) -> dict[str, Any]:
+    def _run(self, job: dict[str, Any], start: float, prefetch: bool = True) -> dict[str, Any]:
         box = self.take_sandbox()
         try:
             watch = Supervisor(self, box, start)
-            try:
-                self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
-            except OSError:
-                self.spare = None
-            outcome = judge(job, watch, self.cfg)
+            if self.spare is None:
+                try:
+                    self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
+                except OSError:
+                    self.spare = None
+            outcome = judge(job, watch, self.cfg, prefetch)
+            if outcome["kind"] == "rerun" and not watch.stopped:
+                box.kill()
+                return self._run(job, start, prefetch=False)
             if outcome["kind"] == "gone" and not watch.stopped:
                 watch.wait_status()
             watch.finish()
@@ -312,7 +350,8 @@ class Worker:
             verdict, error = self._verdict(outcome, watch)
         finally:
             duration = time.monotonic() - start
-            box.kill()
+            box.end_processes()  # dead now; reaped and closed by `bury` once the verdict is on its way
+            self.dying.append(box)
         return {"verdict": verdict, "error": error, "duration_s": round(duration, 4), "cpu_s": round(watch.cpu, 3),
                 "isolation": self.isolation}
 
@@ -363,41 +402,53 @@ class Supervisor:
         self.buf = b""
         for fd in (box.req_w, box.rep_r):
             os.set_blocking(fd, False)
-        self.watched = [box.out_r, box.err_r, box.status_r, worker.proto_in]
+        self.watched = [box.out_r, box.err_r, box.status_r]
 
     def _stop(self, reason: str) -> None:
         self.stopped = self.stopped or reason
         raise Stopped(reason)
 
     def _round(self, read: list[int], write: list[int]) -> tuple[list[int], list[int]]:
-        """One select round; handles everything but the channel; raises Stopped at a limit."""
+        """One poll round; handles everything but the channel; raises Stopped at a limit."""
         if self.stopped:
             raise Stopped(self.stopped)
         box = self.box
-        r, w, _ = select.select(read + self.watched, write, [], max(0.0, self.deadline - time.monotonic()))
-        if self.worker.proto_in in r:
+        poller = select.poll()
+        for fd in self.watched + read:
+            poller.register(fd, select.POLLIN)
+        for fd in write:
+            poller.register(fd, select.POLLOUT)
+        poller.register(self.worker.proto_in, 0)  # hang-up only: the next job may already be waiting there
+        timeout_ms = max(0, int((self.deadline - time.monotonic()) * 1000) + 1)
+        events = dict(poller.poll(timeout_ms))
+        if events.get(self.worker.proto_in, 0) & (select.POLLHUP | select.POLLERR):
             self._stop("caller")
+        r = [fd for fd, ev in events.items() if ev & (select.POLLIN | select.POLLHUP | select.POLLERR)]
+        w = [fd for fd in write if events.get(fd, 0) & (select.POLLOUT | select.POLLERR | select.POLLHUP)]
         for fd in (box.out_r, box.err_r):
-            if fd in r:
+            if fd in r and fd in self.watched:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     self.watched.remove(fd)
                 self.out_bytes += len(chunk)
                 if fd == box.err_r:
                     self.stderr = (self.stderr + chunk)[-_STDERR_TAIL:]
-        if box.status_r in r:
+        if box.status_r in r and box.status_r in self.watched:
             if not box.read_status():
                 self.watched.remove(box.status_r)
             if box.status is not None:
                 box.end_processes()  # the program ended: nothing of the job may outlive it
         self.cpu = box.cpu - self.cpu0
+        ready_read, ready_write = [fd for fd in read if fd in r], w
+        if ready_read or ready_write:  # the channel first: what the program answered before it went over
+            return ready_read, ready_write  # a limit still counts (a prefetched call may run ahead)
         if self.out_bytes > self.out_cap:
             self._stop("output")
         if self.cpu > self.cfg["timeout"]:
             self._stop("cpu")
         if time.monotonic() >= self.deadline:
             self._stop("wall")
-        return [fd for fd in r if fd in read], [fd for fd in w if fd in write]
+        return ready_read, ready_write
 
     def send(self, obj: Any) -> None:
         data = wire.frame(obj)
@@ -468,6 +519,7 @@ def main() -> None:
     try:
         while (job := wire.recv(proto_in)) is not None:
             wire.send(proto_out, worker.run(job))
+            worker.bury()
     except (CallerGone, OSError):
         pass
     finally:

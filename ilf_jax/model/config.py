@@ -59,6 +59,14 @@ class CodeGenConfig:
         return self.n_embd // self.n_head
 
     @property
+    def head_size(self) -> int:  # the name every family's config answers to
+        return self.head_dim
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return False
+
+    @property
     def inner_dim(self) -> int:
         return self.n_inner or 4 * self.n_embd
 

@@ -15,9 +15,10 @@ call that every process makes with the same prompts. Each process tokenizes and 
 share of the prompts (merged with `allgather_objects`), builds the same host batches, places them
 as global arrays, and gets every completion back.
 
-The returned text is the generated text (EOS and everything after it included when decoded)
-cut by `ilf_jax.data.formats.truncate_completion`, i.e. exactly the paper's program body;
-the on-device stop rule only ends generation early and never before that cut.
+The returned text is the generated text up to the EOS token, decoded in context (after the
+prompt: `ilf_jax.model.tokens`), cut by `ilf_jax.data.formats.truncate_completion`, i.e. exactly
+the paper's program body; the on-device stop rule only ends generation early and never before
+that cut.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
+from ilf_jax.model.tokens import decode_continuation
 from ilf_jax.model.family import ModelConfig
 from ilf_jax.parallel.distributed import allgather_objects, fetch, process_share, put_global
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, batch_sharding, constrainer, param_shardings, replicated
@@ -293,10 +295,7 @@ class Sampler:
 
     def decode_text(self, tokens: Sequence[int]) -> str:
         """The generated text of `tokens` cut by the paper's rule (`truncate_completion`)."""
-        from ilf_jax.data.formats import truncate_completion
-
-        text = self.tokenizer.decode(list(map(int, tokens)), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return truncate_completion(text)
+        return completion_text(self.tokenizer, tokens, self.eos_id)
 
     def sample(
         self,
@@ -319,6 +318,17 @@ class Sampler:
         else:
             texts = [self.decode_text(r.tokens) for r in rows]
         return [Completion(r.prompt_index, r.sample, t, r.finish_reason, int(len(r.tokens))) for r, t in zip(rows, texts)]
+
+
+def completion_text(tokenizer: Any, tokens: Sequence[int], eos_id: int) -> str:
+    """Generated tokens as the completion text: up to the EOS token (whatever string the tokenizer
+    gives it), decoded in context after the prompt, cut by the paper's rule (`truncate_completion`)."""
+    from ilf_jax.data.formats import truncate_completion
+
+    ids = [int(t) for t in tokens]
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    return truncate_completion(decode_continuation(tokenizer, ids))
 
 
 def sample(

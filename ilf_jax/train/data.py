@@ -38,6 +38,7 @@ import numpy as np
 
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import read_objects
+from ilf_jax.model.tokens import encode_continuations
 
 GROUP_WINDOW = 16  # steps per length-sorting window
 
@@ -75,6 +76,18 @@ def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(x) for x in out]
 
 
+def _piece_ids(tokenizer: Any, pieces: list[list[str]]) -> list[list[list[int]]]:
+    """Ids of each example's consecutive text pieces: the first non-empty piece as the start of a
+    text, the rest as continuations (no SentencePiece dummy space between pieces)."""
+    plain = [_ids(tokenizer, list(col)) for col in zip(*pieces)]
+    cont = [encode_continuations(tokenizer, list(col)) for col in zip(*pieces)]
+    out = []
+    for j, texts in enumerate(pieces):
+        first = next((k for k, t in enumerate(texts) if t), len(texts))
+        out.append([plain[k][j] if k <= first else cont[k][j] for k in range(len(texts))])
+    return out
+
+
 def eos_id(tokenizer: Any) -> int:
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
@@ -85,12 +98,8 @@ def eos_id(tokenizer: Any) -> int:
 def encode_examples(tokenizer: Any, examples: Sequence[Example], max_length: int, max_target_length: int) -> list[Encoded]:
     """Tokenize and truncate (see the module docstring); every result has at least one target token."""
     eos = eos_id(tokenizer)
-    prefixes = _ids(tokenizer, [e.prefix for e in examples])
-    middles = _ids(tokenizer, [e.truncatable for e in examples])
-    prompts = _ids(tokenizer, [e.prompt for e in examples])
-    targets = _ids(tokenizer, [e.target for e in examples])
     out = []
-    for p, c, q, y in zip(prefixes, middles, prompts, targets):
+    for p, c, q, y in _piece_ids(tokenizer, [[e.prefix, e.truncatable, e.prompt, e.target] for e in examples]):
         y = (y + [eos])[:max_target_length]
         budget = max_length - len(y)
         over = len(p) + len(c) + len(q) - budget
@@ -232,11 +241,11 @@ def step_batch(
     rows of every micro-batch ([accum, len(rows), T]: one process's part of the global batch).
 
     With `packing`, the step's examples are packed into rows (`pack_step`) and the batch is
-    [ceil(packed rows / micro_rows), micro_rows, T]: `accum` is then the number of packed micro-batches."""
+    [ceil(packed rows / micro_rows), micro_rows, max_length]: the number of micro-batches is what
+    the step's rows need (the `accum` argument is unused)."""
     if packing:
         packs = pack_step(encoded, indices, max_length)
-        fill = max(sum(encoded[i].length - 1 for i in p) for p in packs)
-        t = padded_length(fill, length_multiple, max_length)
+        t = padded_length(max_length, length_multiple, max_length)  # one row length: compiles vary only with accum
         accum, per = -(-len(packs) // micro_rows), micro_rows
         packs = packs + [[] for _ in range(accum * per - len(packs))]
         take = range(per) if rows is None else rows
