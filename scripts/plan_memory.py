@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ilf_jax.model.family import config_from_file
-    from ilf_jax.parallel.memory import plan
+    from ilf_jax.train.memory import plan
     from ilf_jax.parallel.mesh import parse_mesh
     from ilf_jax.train import TrainConfig, make_optimizer
 

@@ -19,7 +19,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ilf_jax.parallel import batch_sharding, make_mesh, param_shardings  # noqa: E402
-from ilf_jax.parallel.distributed import allgather_objects, fetch, global_array, initialize, is_main, process_share  # noqa: E402
+from ilf_jax.parallel.distributed import allgather_objects, fetch, global_array, initialize, process_share  # noqa: E402
+from ilf_jax.processes import is_writer as is_main  # noqa: E402
 from ilf_jax.parallel.forward import sharded_forward  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from ilf_jax.pipeline.records import read_jsonl
+from ilf_jax.jsonl import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIN_GAIN = 0.10
@@ -105,15 +105,15 @@ def _sha(path: pathlib.Path) -> str:
 def test_prepared_inputs_regenerate_identically(demo_run, tmp_path):
     """Corpus and tokenizer are pure functions of the seed (the pretraining itself is checked via eval below)."""
     from ilf_jax.demo.cli import demo_config
-    from ilf_jax.demo.prepare import _corpus
+    from ilf_jax.demo.stages import CorpusParams, documents
     from ilf_jax.demo.tokenizer import save_tokenizer, train_tokenizer
 
     run_dir, _, _ = demo_run
     demo, raw = demo_config(seed=0)
-    docs = _corpus(demo, {"factory": raw["tasks"]["factory"], "factory_args": raw["tasks"]["factory_args"]})
-    assert [r["text"] for r in read_jsonl(run_dir / "base" / "corpus.jsonl")] == docs
-    save_tokenizer(train_tokenizer(docs, demo["tokenizer"]["vocab_size"]), tmp_path / "tok")
-    assert _sha(tmp_path / "tok" / "tokenizer.json") == _sha(run_dir / "base" / "tokenizer" / "tokenizer.json")
+    docs = documents(CorpusParams(demo.seed, demo.corpus, raw["tasks"]["factory"], raw["tasks"]["factory_args"]))
+    assert [r["text"] for r in read_jsonl(run_dir / "stages" / "demo.corpus" / "corpus.jsonl")] == docs
+    save_tokenizer(train_tokenizer(docs, demo.tokenizer.vocab_size), tmp_path / "tok")
+    assert _sha(tmp_path / "tok" / "tokenizer.json") == _sha(run_dir / "stages" / "demo.tokenizer" / "tokenizer" / "tokenizer.json")
 
 
 @pytest.mark.slow
@@ -121,10 +121,11 @@ def test_rerun_reproduces_the_table(demo_run):
     """Re-running ILF's test-set sampling and execution from scratch gives the same results.json."""
     run_dir, first_stdout, _ = demo_run
     before = json.loads((run_dir / "results.json").read_text())
+    pretrained = (run_dir / "stages" / "demo.pretrain" / "stage.json").read_text()
     for stage in ("eval.ilf.sample", "eval.ilf.execute", "report"):
         shutil.rmtree(run_dir / "stages" / stage)
     proc = _ilf_demo(run_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "pretraining" not in proc.stdout  # the prepared base model is reused
+    assert (run_dir / "stages" / "demo.pretrain" / "stage.json").read_text() == pretrained  # the base model is reused
     assert json.loads((run_dir / "results.json").read_text()) == before
     assert _table(proc.stdout) == _table(first_stdout) and len(_table(first_stdout)) == 4

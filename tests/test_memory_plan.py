@@ -5,7 +5,7 @@ import pytest
 
 from ilf_jax.model import CodeGenConfig, init_params
 from ilf_jax.parallel import make_mesh
-from ilf_jax.parallel.memory import abstract_mesh, activation_bytes, cache_bytes, optimizer_bytes, param_bytes
+from ilf_jax.train.memory import abstract_mesh, activation_bytes, cache_bytes, optimizer_bytes, param_bytes
 from ilf_jax.train import TrainConfig, init_state, make_optimizer, state_shardings
 
 CONFIG = CodeGenConfig(vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=8, rotary_dim=4, bos_token_id=0, eos_token_id=0)
@@ -40,7 +40,7 @@ def test_cache_is_split_over_batch_and_heads():
 
 def test_lora_bytes_match_real_arrays_and_shrink_training_state():
     from ilf_jax.model.store import lora_of
-    from ilf_jax.parallel.memory import plan
+    from ilf_jax.train.memory import plan
 
     lora = lora_of(CONFIG, ("q", "v", "mlp_in"), 4, 8.0)
     tx = make_optimizer(TrainConfig(weight_decay=0.01), total_steps=10)

@@ -10,9 +10,11 @@ import pytest
 
 from ilf_jax.data.formats import task_prompt
 from ilf_jax.data.mbpp import load_mbpp
+from ilf_jax.configfile import to_data
 from ilf_jax.errors import IlfError
 from ilf_jax.pipeline import config, engine, report, schema, texts
-from ilf_jax.pipeline.records import RecordLog
+from ilf_jax.jsonl import RecordLog
+from ilf_jax.pipeline.artifacts import Summary
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,12 +25,12 @@ def _key(r: dict) -> tuple[int, int]:
 
 def test_record_log_drops_torn_tail_and_duplicates(tmp_path):
     path = tmp_path / "x.partial.jsonl"
-    with RecordLog(path, _key, "s") as log:
+    with RecordLog(path, _key) as log:
         log.append([{"task_id": 2, "sample": 0}, {"task_id": 1, "sample": 0}])
         log.append([{"task_id": 1, "sample": 0, "extra": True}])  # same key: ignored
     with path.open("a") as f:
         f.write('{"task_id": 3, "sam')  # a SIGKILL mid-write
-    with RecordLog(path, _key, "s") as log:
+    with RecordLog(path, _key) as log:
         assert sorted(log.records) == [(1, 0), (2, 0)]
         log.append([{"task_id": 3, "sample": 0}])
         out = log.finalize(tmp_path / "x.jsonl")
@@ -39,14 +41,15 @@ def test_record_log_drops_torn_tail_and_duplicates(tmp_path):
 
 def _toy_plan(calls: list[str], cfg_a: int, cfg_b: int) -> list[engine.Stage]:
     def make(name: str):
-        def fn(ctx: engine.StageContext) -> dict:
+        def fn(ctx: engine.StageContext, params) -> dict:
             calls.append(name)
             (ctx.dir / "out.txt").write_text(name)
             return {"ok": True}
         return fn
-    return [engine.Stage("a", make("a"), (), cfg_a, ("in",)),
-            engine.Stage("b", make("b"), ("a",), cfg_b),
-            engine.Stage("c", make("c"), ("a",), None)]
+    a_out = {"a": engine.Artifact("a", Summary)}
+    return [engine.Stage("a", make("a"), cfg_a, {}, ("in",)),
+            engine.Stage("b", make("b"), cfg_b, a_out),
+            engine.Stage("c", make("c"), None, a_out)]
 
 
 def _run_all(plan, run_dir, fps) -> None:
@@ -90,7 +93,7 @@ def test_interrupted_stage_resumes_in_place_and_stale_one_is_wiped(tmp_path):
 
 def test_config_refuses_unknown_keys_and_bad_choices(tmp_path):
     good = {"model": {"dir": "m"}, "tasks": {"path": "t"}, "feedback": {"annotations": "a"}}
-    cfg = config.resolve(good)
+    cfg = to_data(config.resolve(good))
     assert cfg["feedback"]["programs"] == "annotated" and cfg["sampling"]["n"] == 30
     with pytest.raises(IlfError, match="unknown key 'sampling.temprature'"):
         config.resolve({**good, "sampling": {"temprature": 0.5}})
@@ -101,7 +104,7 @@ def test_config_refuses_unknown_keys_and_bad_choices(tmp_path):
     with pytest.raises(IlfError, match="feedback.source=scripted needs feedback.annotator"):
         config.resolve({**good, "feedback": {"source": "scripted", "programs": "sampled", "annotations": "a"}})
     for name in ("ilf.yaml", "model-feedback.yaml", "unrelated-feedback.yaml"):
-        assert config.load(REPO / "configs" / "paper" / name)["sampling"] == {
+        assert to_data(config.load(REPO / "configs" / "paper" / name))["sampling"] == {
             "n": 30, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 512, "seed": 0,
             "batch_size": 64, "chunk": 16}
 

@@ -118,3 +118,26 @@ def test_bf16_compute_keeps_fp32_master_weights(params):
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.opt_state) if x.ndim)
     np.testing.assert_allclose(half["loss"], plain["loss"], rtol=2e-2)
+
+
+def test_sharding_rules_reach_training_as_they_reach_sampling(params):
+    """A rule table given to training places params, optimizer state and batches (like `Sampler(rules=...)`):
+    the step under rules that shard weights over 'tensor' instead of 'fsdp' computes the same update."""
+    from ilf_jax.parallel.sharding import DEFAULT_RULES
+
+    mesh = make_mesh((1, 2, 4))
+    swap = {"fsdp": "tensor", "tensor": "fsdp"}
+    swapped = tuple((name, swap.get(axes, axes) if isinstance(axes, str) else axes) for name, axes in DEFAULT_RULES)
+    tx = make_optimizer(TCFG, 10)
+    default, custom = state_shardings(CONFIG, tx, mesh), state_shardings(CONFIG, tx, mesh, rules=swapped)
+    specs = lambda sh: [s.spec for s in jax.tree.leaves(sh.params)]  # noqa: E731
+    assert specs(default) != specs(custom)  # the rules decided the placement
+    batch = _stack(_batch(8, 32, seed=3), 1)
+    outs = []
+    for rules, sh in ((DEFAULT_RULES, default), (swapped, custom)):
+        step = make_train_step(CONFIG, tx, mesh, sh, learning_rate_schedule(TCFG, 10), donate=False, rules=rules)
+        state, m = step(init_state(params, tx, sh), batch)
+        assert [s.sharding.spec for s in jax.tree.leaves(state.params)] == specs(sh)
+        outs.append(jax.device_get((state.params, m["loss"])))
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), outs[0][0], outs[1][0])

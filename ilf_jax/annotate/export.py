@@ -12,7 +12,7 @@ from typing import Any
 from ilf_jax.annotate.store import ItemState, Store
 from ilf_jax.annotate.workspace import Workspace
 from ilf_jax.data.annotations import levenshtein
-from ilf_jax.pipeline.records import atomic_write_json, atomic_write_text
+from ilf_jax.jsonl import atomic_write_json, atomic_write_text
 
 _LOCK = threading.Lock()
 

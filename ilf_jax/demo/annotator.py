@@ -18,6 +18,7 @@ import random
 import re
 import subprocess
 import sys
+from typing import NamedTuple
 
 from ilf_jax.data.formats import EOS, task_prompt, truncate_completion
 from ilf_jax.data.task import Task
@@ -28,8 +29,7 @@ MIN_SIMILARITY = 0.6  # similarity of non-space tokens to the reference below wh
 _TOKEN = re.compile(r"\s+|\w+|\*\*|//|[<>=!]=|'[^'\n]*'|\"[^\"\n]*\"|.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Annotation:
+class Annotation(NamedTuple):
     """Feedback on a failing program and its refinement (full program and body alone)."""
 
     feedback: str

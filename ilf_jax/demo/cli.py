@@ -1,15 +1,15 @@
 """`ilf demo [--run-dir DIR] [--seed S] [--config YAML] [key=value ...]`: ILF end to end on CPU, no download.
 
-Prepares the base model (corpus, tokenizer, pretraining from random weights; resumable steps
-under RUN_DIR/base), then runs the ILF pipeline of configs/demo.yaml on the generated task
-family with the scripted annotator, and prints the Table 4-style comparison on the held-out
-test tasks. Running it again resumes or reuses the finished work; the same seed gives the same table.
+Runs the pipeline of configs/demo.yaml (what `ilf run configs/demo.yaml` runs): the base model is
+made by its first stages (corpus, tokenizer, pretraining from random weights; `ilf_jax.demo.stages`),
+then ILF on the generated task family with the scripted annotator; prints the Table 4-style
+comparison on the held-out test tasks. Running it again resumes or reuses the finished work; the
+same seed gives the same table.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import pathlib
 import sys
@@ -34,23 +34,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(path: str | pathlib.Path | None = None, overrides: Sequence[str] = (), run_dir: str | None = None,
-                seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(demo settings, raw pipeline config) from the YAML, overrides, run dir and seed; model.dir still unset."""
-    from ilf_jax.configfile import apply_overrides, load_config
-    from ilf_jax.demo.prepare import demo_settings
-    from ilf_jax.errors import IlfError
+                seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(demo section, raw pipeline config) from the YAML, overrides, run dir and seed (one seed drives
+    the task family, corpus, weights, sampling, annotator and training)."""
+    from ilf_jax.configfile import apply_overrides, load_yaml
+    from ilf_jax.demo.stages import demo_section
 
-    raw = load_config(path or default_config())
-    raw = json.loads(json.dumps(raw, default=str))  # no shared YAML nodes
-    raw.setdefault("demo", {})
-    raw = apply_overrides(raw, overrides)
+    path = path or default_config()
+    raw = apply_overrides({"demo": {}, **load_yaml(path)}, overrides)
     if seed is not None:
         raw["demo"]["seed"] = seed
-    demo = demo_settings(raw.pop("demo"))
-    s = int(demo["seed"])
-    if not isinstance(demo["seed"], int):
-        raise IlfError(f"config: demo.seed={demo['seed']!r} must be an integer")
-    # One seed drives the whole experiment.
+    demo = demo_section(raw["demo"], str(path))
+    s = demo.seed
     raw.setdefault("tasks", {}).setdefault("factory_args", {})["seed"] = s
     raw.setdefault("sampling", {})["seed"] = s
     fb = raw.setdefault("feedback", {})
@@ -64,24 +59,18 @@ def demo_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ilf_jax.demo.prepare import prepare
     from ilf_jax.pipeline import report
     from ilf_jax.pipeline.config import resolve
     from ilf_jax.pipeline.run import execute, open_run
 
     t0 = time.time()
     demo, raw = demo_config(args.config, args.overrides, args.run_dir, args.seed)
-    probe = copy.deepcopy(raw)
-    probe.setdefault("model", {})["dir"] = "(prepared)"
-    cfg = resolve(probe, pathlib.Path.cwd())  # check the pipeline config before spending minutes
-    run_dir = pathlib.Path(cfg["run_dir"])
-    print(f"ilf demo: run directory {run_dir} (seed {demo['seed']})", flush=True)
-    model = prepare(run_dir, demo, cfg["tasks"], progress=not args.no_progress)
-    raw.setdefault("model", {})["dir"] = str(model)
     cfg = resolve(raw, pathlib.Path.cwd())
+    run_dir = pathlib.Path(cfg.run_dir)
+    print(f"ilf demo: run directory {run_dir} (seed {demo.seed})", flush=True)
     opened = open_run(cfg, progress=not args.no_progress)
     print(f"ilf demo: {len(opened.stages)} pipeline stages "
-          f"({', '.join(f'{k} {len(v)}' for k, v in opened.resources.task_set.splits.items())} tasks)", flush=True)
+          f"({', '.join(f'{k} {len(v)}' for k, v in opened.services.task_set.splits.items())} tasks)", flush=True)
     execute(opened)
     res = json.loads((run_dir / report.RESULTS).read_text())
     sys.stdout.write(summary_text(res, run_dir, time.time() - t0))

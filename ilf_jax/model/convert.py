@@ -26,6 +26,8 @@ import numpy as np
 from jax.sharding import Sharding
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import atomic_write_text
+from ilf_jax.processes import is_writer
 from ilf_jax.model.family import ModelConfig, ignored_suffixes, weight_map
 from ilf_jax.model.safetensors_io import SafetensorsFile, write_safetensors
 from ilf_jax.model.weight_map import leading_axis
@@ -238,7 +240,7 @@ def export_hf(
     out_dir = pathlib.Path(out_dir)
     dtype = np.dtype(jnp.dtype(config.param_dtype))
     entries = weight_map(config)
-    if jax.process_index() != 0:
+    if not is_writer():
         for entry in entries:  # take part in the collectives, in the writer's order
             fetch_host(_get(params, entry.path))
         return out_dir
@@ -255,8 +257,8 @@ def export_hf(
     if len(shards) > 1:
         total = sum(int(np.prod(e.hf_shape)) * dtype.itemsize for e in entries)
         index = {"metadata": {"total_size": total}, "weight_map": {e.hf_name: n for n, shard in zip(names, shards) for e in shard}}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+    atomic_write_text(out_dir / "config.json", json.dumps(config.to_hf_dict(), indent=2) + "\n")
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out_dir)
     return out_dir

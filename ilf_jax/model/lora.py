@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import atomic_write_text
 
 ROLES = ("q", "k", "v", "out", "mlp_in", "mlp_out")
 _QKV_NAMES = {"q": "q", "query": "q", "k": "k", "key": "k", "v": "v", "value": "v"}
@@ -278,5 +279,5 @@ def export_peft(lora: Lora, adapters: Any, entries: Sequence[Any], out_dir: Any,
               "target_modules": sorted({m.rsplit(".", 1)[-1] for m in modules}), "bias": "none",
               "fan_in_fan_out": False, "inference_mode": True, "base_model_name_or_path": base_model,
               "modules_to_save": None, "init_lora_weights": True, "use_rslora": False, "use_dora": False}
-    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out_dir / "adapter_config.json", json.dumps(config, indent=2) + "\n")
     return out_dir

@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import atomic_write_text
+from ilf_jax.processes import is_writer
 from ilf_jax.model.convert import copy_tokenizer, load_hf_params
 from ilf_jax.model.family import ModelConfig, abstract_params, config_from_file, param_specs
 from ilf_jax.model.lora import Lora
@@ -100,12 +102,12 @@ def _write_dir(directory: str | pathlib.Path, config: ModelConfig, tree_dir: str
                tokenizer_dir: str | pathlib.Path | None, extra: dict[str, Any]) -> pathlib.Path:
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+    if is_writer():
+        atomic_write_text(directory / "config.json", json.dumps(config.to_hf_dict(), indent=2) + "\n")
         meta = {"dtype": config.dtype, "param_dtype": config.param_dtype}
-        (directory / ILF_META).write_text(json.dumps(meta) + "\n")
+        atomic_write_text(directory / ILF_META, json.dumps(meta) + "\n")
         for name, record in extra.items():
-            (directory / name).write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(directory / name, json.dumps(record, indent=2) + "\n")
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, directory)
     with ocp.StandardCheckpointer() as ckpt:

@@ -1,8 +1,9 @@
 """Multi-controller JAX: process start-up, per-process shares of work, and merging host results.
 
 One process per host; all of them run the same program over a global mesh. Host-side work
-(tokenizing, executing programs) is split by `process_share`, and results are merged with
-`allgather_objects` so that every process sees every record; only the main process writes.
+(tokenizing, executing programs) is split by `process_share` and merged with `allgather_objects`,
+both in one call with `map_shared`, so that every process sees every record; only the writer
+process (`ilf_jax.processes.is_writer`) writes shared files.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -48,11 +49,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def is_main() -> bool:
-    """True on the process that writes shared artifacts."""
-    return jax.process_index() == 0
-
-
 def process_share(n: int, index: int | None = None, count: int | None = None) -> range:
     """The contiguous slice of `n` items this process handles (sizes differ by at most one)."""
     index = jax.process_index() if index is None else index
@@ -60,6 +56,15 @@ def process_share(n: int, index: int | None = None, count: int | None = None) ->
     base, extra = divmod(n, count)
     start = index * base + min(index, extra)
     return range(start, start + base + (index < extra))
+
+
+def map_shared(fn: Callable[[list[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
+    """`fn(items)` computed in parts: each process applies `fn` to its share, and every process gets
+    all the results, in order (for host-side work: tokenizing, running programs, decoding)."""
+    if jax.process_count() == 1:
+        return list(fn(list(items)))
+    share = process_share(len(items))
+    return [r for part in allgather_objects(list(fn([items[i] for i in share]))) for r in part]
 
 
 def global_array(local: np.ndarray, sharding: Sharding, global_shape: Sequence[int] | None = None) -> jax.Array:

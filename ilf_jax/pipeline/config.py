@@ -1,171 +1,249 @@
-"""The pipeline config: defaults, strict merging of the user's YAML, and typed checks (no JAX here)."""
+"""The pipeline config: nested frozen dataclasses (defaults are the field defaults), read strictly from
+YAML + `key=value` overrides by `configfile`, with cross-field checks (no JAX here).
+
+Model, training and sampling settings reuse the layers' own dataclasses: `refiner.train` and
+`finetune.train` are `TrainConfig`s; `sampling` holds the `SamplingConfig` knobs the pipeline
+sets, and `refiner.sampling` / `evaluation.sampling` are partial overlays of it.
+"""
 
 from __future__ import annotations
 
-import copy
-import json
+import dataclasses
 import pathlib
-from typing import Any, Iterable, Mapping
+import typing
+from typing import Any, Iterable, Literal, Mapping
 
-from ilf_jax.configfile import apply_overrides, load_config
+from ilf_jax.configfile import apply_overrides, from_mapping, load_yaml, to_data
 from ilf_jax.errors import IlfError
+from ilf_jax.train.config import TrainConfig
 
-SPLIT_NAMES = ("prompt", "test", "refine", "train")
-FEEDBACK_SOURCES = ("human", "model", "shuffled", "scripted", "app")
-PROGRAM_SOURCES = ("annotated", "sampled")
-TASK_SOURCES = ("mbpp", "hf", "factory")
-BASELINES = ("zero_shot", "gold", "human", "fewshot_refine")
-SWEEP_KEYS = ("learning_rate", "batch_size", "epochs")
-
-_SAMPLING = {"n": 30, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 512, "seed": 0,
-             "batch_size": 32, "chunk": 16}
-
-# Every key a config may hold; values are the defaults. `train` sections are TrainConfig fields
-# (checked by TrainConfig.from_dict), `sampling` sections may set any key of _SAMPLING.
-DEFAULTS: dict[str, Any] = {
-    "run_dir": "runs/ilf",  # created or resumed
-    "model": {"dir": None,  # base model: HF CodeGen directory or ilf_jax checkpoint (required)
-              "tokenizer": None,  # default: the model directory's
-              "mesh": None},  # sampling/evaluation mesh "data,fsdp,tensor" (None: default device)
-    "tasks": {"source": "mbpp",  # mbpp (file) | hf (hub) | factory ("module:function" -> {split: [Task]})
-              "path": None, "hf_name": "mbpp", "factory": None, "factory_args": {},
-              "ids": {},  # {split: [task ids]} to use instead of the whole split
-              "limit": {}},  # {split: N}: the first N ids of a split
-    "executor": {"workers": None, "timeout": 3.0},
-    "sampling": dict(_SAMPLING),  # base model; `chunk` = prompts per appended group of records
-    "collect": {"splits": ["refine", "train"]},  # where the base model's failures are collected
-    "feedback": {
-        "source": "human",  # human | model | shuffled | scripted | app (people, in `ilf annotate`, on this run's failures)
-        "annotations": None,  # Surge JSONL/CSV: human feedback, and pi_Refine's data
-        "allow_test_annotations": False,  # leakage guard: test-split rows only when true
-        "programs": None,  # annotated | sampled (default: annotated when there is an annotation file)
-        "annotator": None,  # "module:function"(task, program, error, seed) -> feedback + refinement
-        "annotator_seed": 0,
-        "shuffle_seed": 0,  # the unrelated-feedback derangement
-        "model": {"dir": None, "shots": 2, "temperature": 0.0, "max_new_tokens": 128},  # source=model
-    },
-    "refiner": {"train": {}, "sampling": {}},  # pi_Refine: TrainConfig fields, sampling overrides
-    "finetune": {"train": {},  # pi_theta* and the gold/human baselines: TrainConfig fields
-                 "baseline_tasks": "selected"},  # selected (ILF's task ids) | all (every train task with feedback)
-    "evaluation": {"sampling": {}, "ks": [1, 10]},  # test-split sampling overrides, pass@k
-    "baselines": list(BASELINES),
-    "rounds": 1,  # ILF rounds; round r+1 starts from round r's pi_theta*
-    "sweep": {"learning_rate": [], "batch_size": [], "epochs": [], "methods": ["ilf", "gold", "human"]},
-    "report": {"perplexity": True, "perplexity_batch_size": 8},  # Figure 3
-}
+Split = Literal["prompt", "test", "refine", "train"]
+Baseline = Literal["zero_shot", "gold", "human", "fewshot_refine"]
 
 
-def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """`defaults` updated by `given`, refusing keys the defaults do not have (except free-form sections)."""
-    out = copy.deepcopy(dict(defaults))
-    for key, value in given.items():
-        path = f"{where}.{key}" if where else key
-        if key not in defaults:
-            raise IlfError(f"config: unknown key {path!r} (known: {', '.join(sorted(defaults))})")
-        free_form = key in ("train", "factory_args", "ids", "limit") or (key == "sampling" and where)
-        if isinstance(defaults[key], dict) and not free_form:
-            if not isinstance(value, dict):
-                raise IlfError(f"config: {path!r} must be a mapping")
-            out[key] = _merge(defaults[key], value, path)
-        elif free_form and value is not None and not isinstance(value, dict):
-            raise IlfError(f"config: {path!r} must be a mapping")
-        else:
-            out[key] = value if value is not None or not free_form else {}
-    return out
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The base model: an HF directory or ilf_jax checkpoint, or made by the run itself with `prepare`
+    ("module:function"(config) -> (stages, model artifact), e.g. the demo's pretraining, set by the
+    top-level `demo` section); its tokenizer (default: the model directory's); the sampling/evaluation
+    mesh "data,fsdp,tensor" (None: default device)."""
+
+    dir: str | None = None
+    tokenizer: str | None = None
+    mesh: str | tuple[int, int, int] | None = None
+    prepare: str | None = None
 
 
-def _check_choice(value: Any, choices: Iterable[str], path: str) -> None:
-    if value not in choices:
-        raise IlfError(f"config: {path}={value!r} must be one of {', '.join(choices)}")
+@dataclasses.dataclass(frozen=True)
+class TasksSection:
+    """The task source: mbpp (a file), hf (the hub) or factory ("module:function" -> {split: [Task]});
+    `ids` ({split: [task ids]}) replaces a split, `limit` ({split: N}) keeps its first N ids."""
+
+    source: Literal["mbpp", "hf", "factory"] = "mbpp"
+    path: str | None = None
+    hf_name: str = "mbpp"
+    factory: str | None = None
+    factory_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ids: dict[Split, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    limit: dict[Split, int] = dataclasses.field(default_factory=dict)
 
 
-def _check_sampling(section: Mapping[str, Any], path: str) -> None:
-    for key, value in section.items():
-        if key not in _SAMPLING:
-            raise IlfError(f"config: unknown key '{path}.{key}' (known: {', '.join(_SAMPLING)})")
-        want = float if isinstance(_SAMPLING[key], float) else int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (want is int and not isinstance(value, int)):
-            raise IlfError(f"config: {path}.{key}={value!r} must be {'a number' if want is float else 'an integer'}")
+@dataclasses.dataclass(frozen=True)
+class ExecutorSection:
+    """Program execution: worker processes per host (None: the CPU count) and the per-program time limit."""
+
+    workers: int | None = None
+    timeout: float = 3.0
 
 
-def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None) -> dict[str, Any]:
-    """The full config: defaults merged with `raw`, choices checked, relative paths made absolute."""
-    cfg = _merge(DEFAULTS, raw, "")
-    fb, tasks = cfg["feedback"], cfg["tasks"]
-    _check_choice(tasks["source"], TASK_SOURCES, "tasks.source")
-    _check_choice(fb["source"], FEEDBACK_SOURCES, "feedback.source")
-    if fb["programs"] is None:
-        fb["programs"] = "annotated" if fb["annotations"] else "sampled"
-    _check_choice(fb["programs"], PROGRAM_SOURCES, "feedback.programs")
-    _check_choice(cfg["finetune"]["baseline_tasks"], ("selected", "all"), "finetune.baseline_tasks")
-    for name in cfg["baselines"]:
-        _check_choice(name, BASELINES, "baselines[]")
-    for name in cfg["sweep"]["methods"]:
-        _check_choice(name, ("ilf", "gold", "human"), "sweep.methods[]")
-    for split in cfg["collect"]["splits"]:
-        _check_choice(split, SPLIT_NAMES, "collect.splits[]")
-    for section in ("ids", "limit"):
-        for split in tasks[section]:
-            _check_choice(split, SPLIT_NAMES, f"tasks.{section} key")
-    _check_sampling(cfg["sampling"], "sampling")
-    _check_sampling(cfg["refiner"]["sampling"], "refiner.sampling")
-    _check_sampling(cfg["evaluation"]["sampling"], "evaluation.sampling")
-    if not isinstance(cfg["rounds"], int) or isinstance(cfg["rounds"], bool) or cfg["rounds"] < 1:
-        raise IlfError(f"config: rounds={cfg['rounds']!r} must be a positive integer")
-    if fb["source"] == "human" and not fb["annotations"]:
+# The SamplingConfig knobs a pipeline config sets ({name: (type, default)}; add one here to expose it),
+# and `chunk`: prompts per appended group of records.
+_SAMPLING_KNOBS: dict[str, tuple[type, Any]] = {
+    "n": (int, 30), "temperature": (float, 0.8), "top_k": (int, 0), "top_p": (float, 1.0), "max_new_tokens": (int, 512),
+    "seed": (int, 0), "batch_size": (int, 32), "chunk": (int, 16)}
+
+
+def _knobs(self: Any) -> dict[str, Any]:
+    """The SamplingConfig arguments (everything but `chunk`)."""
+    return {name: getattr(self, name) for name in _SAMPLING_KNOBS if name != "chunk"}
+
+
+SamplingSection = dataclasses.make_dataclass(
+    "SamplingSection", [(name, hint, dataclasses.field(default=default)) for name, (hint, default) in _SAMPLING_KNOBS.items()],
+    frozen=True, namespace={"knobs": _knobs, "__module__": __name__,
+                            "__doc__": "The base model's sampling: SamplingConfig knobs and the record chunk."})
+
+# A partial SamplingSection: the fields it sets (not None) replace the top-level sampling's.
+SamplingOverlay = dataclasses.make_dataclass(
+    "SamplingOverlay", [(name, hint | None, dataclasses.field(default=None))
+                        for name, hint in typing.get_type_hints(SamplingSection).items()], frozen=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectSection:
+    """Where the base model's failures are collected."""
+
+    splits: tuple[Split, ...] = ("refine", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackModelSection:
+    """source=model: the model writing feedback (default: the base model), few-shot with `shots` examples."""
+
+    dir: str | None = None
+    shots: int = 2
+    temperature: float = 0.0
+    max_new_tokens: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackSection:
+    """Feedback on MBPP_Train programs: its source (app: people, in `ilf annotate`, on this run's
+    failures), the annotation file (human feedback and pi_Refine's
+    data; test-split rows only with `allow_test_annotations`), which programs (default: annotated when
+    there is an annotation file), the scripted annotator ("module:function"(task, program, error, seed)),
+    and the unrelated-feedback derangement's seed."""
+
+    source: Literal["human", "model", "shuffled", "scripted", "app"] = "human"
+    annotations: str | None = None
+    allow_test_annotations: bool = False
+    programs: Literal["annotated", "sampled"] | None = None
+    annotator: str | None = None
+    annotator_seed: int = 0
+    shuffle_seed: int = 0
+    model: FeedbackModelSection = dataclasses.field(default_factory=FeedbackModelSection)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerSection:
+    """pi_Refine: its training run and its sampling overlay."""
+
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    sampling: SamplingOverlay = dataclasses.field(default_factory=SamplingOverlay)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSection:
+    """pi_theta* and the gold/human baselines: the training run, and the baselines' task ids: selected
+    (ILF's) or all (every train task with feedback)."""
+
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    baseline_tasks: Literal["selected", "all"] = "selected"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSection:
+    """Test-split sampling overlay and the reported pass@k."""
+
+    sampling: SamplingOverlay = dataclasses.field(default_factory=SamplingOverlay)
+    ks: tuple[int, ...] = (1, 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSection:
+    """A grid of training settings for the listed methods (empty lists: no sweep)."""
+
+    learning_rate: tuple[float, ...] = ()
+    batch_size: tuple[int, ...] = ()
+    epochs: tuple[int, ...] = ()
+    methods: tuple[Literal["ilf", "gold", "human"], ...] = ("ilf", "gold", "human")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSection:
+    """Figure 3's perplexities (and their evaluation batch)."""
+
+    perplexity: bool = True
+    perplexity_batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of an ILF run (`ilf run CONFIG`); `rounds`: ILF rounds, round r+1 starting from
+    round r's pi_theta*."""
+
+    run_dir: str = "runs/ilf"
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    tasks: TasksSection = dataclasses.field(default_factory=TasksSection)
+    executor: ExecutorSection = dataclasses.field(default_factory=ExecutorSection)
+    sampling: SamplingSection = dataclasses.field(default_factory=SamplingSection)
+    collect: CollectSection = dataclasses.field(default_factory=CollectSection)
+    feedback: FeedbackSection = dataclasses.field(default_factory=FeedbackSection)
+    refiner: RefinerSection = dataclasses.field(default_factory=RefinerSection)
+    finetune: FinetuneSection = dataclasses.field(default_factory=FinetuneSection)
+    evaluation: EvaluationSection = dataclasses.field(default_factory=EvaluationSection)
+    baselines: tuple[Baseline, ...] = typing.get_args(Baseline)
+    rounds: int = 1
+    sweep: SweepSection = dataclasses.field(default_factory=SweepSection)
+    report: ReportSection = dataclasses.field(default_factory=ReportSection)
+    demo: dict[str, Any] = dataclasses.field(default_factory=dict)  # the settings `model.prepare` reads
+
+    def sampling_with(self, overlay: Any = None) -> SamplingSection:
+        """The top-level sampling settings with an overlay's set fields applied."""
+        if overlay is None:
+            return self.sampling
+        return dataclasses.replace(self.sampling, **{k: v for k, v in dataclasses.asdict(overlay).items() if v is not None})
+
+
+def replace_in(cfg: Any, path: str, value: Any) -> Any:
+    """Frozen dataclass `cfg` with the field at dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    return dataclasses.replace(cfg, **{head: replace_in(getattr(cfg, head), rest, value) if rest else value})
+
+
+def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None, label: str = "config") -> PipelineConfig:
+    """The full config: defaults filled in from `raw` (strictly), checked, relative paths made absolute."""
+    cfg = from_mapping(PipelineConfig, raw, label)
+    fb, tasks = cfg.feedback, cfg.tasks
+    if fb.programs is None:
+        cfg = replace_in(cfg, "feedback.programs", "annotated" if fb.annotations else "sampled")
+        fb = cfg.feedback
+    if cfg.rounds < 1:
+        raise IlfError(f"config: rounds={cfg.rounds!r} must be a positive integer")
+    if fb.source == "human" and not fb.annotations:
         raise IlfError("config: feedback.source=human needs feedback.annotations (an annotation file)")
-    if fb["source"] == "human" and fb["programs"] != "annotated":
+    if fb.source == "human" and fb.programs != "annotated":
         raise IlfError("config: human feedback is about the annotated programs: set feedback.programs=annotated")
-    if fb["programs"] == "annotated" and not fb["annotations"]:
+    if fb.programs == "annotated" and not fb.annotations:
         raise IlfError("config: feedback.programs=annotated needs feedback.annotations")
-    if fb["source"] == "app" and (fb["annotations"] or fb["programs"] != "sampled"):
+    if fb.source == "app" and (fb.annotations or fb.programs != "sampled"):
         raise IlfError("config: feedback.source=app annotates this run's own failures: drop feedback.annotations "
                        "and feedback.programs")
-    if not fb["annotations"] and not fb["annotator"] and fb["source"] != "app":
+    if not fb.annotations and not fb.annotator and fb.source != "app":
         raise IlfError("config: pi_Refine needs refinements: set feedback.annotations or feedback.annotator")
-    if fb["source"] == "scripted" and not fb["annotator"]:
+    if fb.source == "scripted" and not fb.annotator:
         raise IlfError("config: feedback.source=scripted needs feedback.annotator ('module:function')")
-    if tasks["source"] == "mbpp" and not tasks["path"]:
+    if tasks.source == "mbpp" and not tasks.path:
         raise IlfError("config: tasks.source=mbpp needs tasks.path (mbpp.jsonl or sanitized-mbpp.json)")
-    if tasks["source"] == "factory" and not tasks["factory"]:
+    if tasks.source == "factory" and not tasks.factory:
         raise IlfError("config: tasks.source=factory needs tasks.factory ('module:function')")
-    if not cfg["model"]["dir"]:
+    if not cfg.model.dir and not cfg.model.prepare:
         raise IlfError("config: model.dir (the base model directory) is required")
-    for key in SWEEP_KEYS:
-        if not isinstance(cfg["sweep"][key], list):
-            raise IlfError(f"config: sweep.{key} must be a list")
-    if base_dir is not None:
-        _absolutize(cfg, base_dir)
+    if cfg.model.dir and cfg.model.prepare:
+        raise IlfError("config: give model.dir (a model) or model.prepare (stages that make one), not both")
+    return cfg if base_dir is None else _absolutize(cfg, base_dir)
+
+
+_PATHS = ("run_dir", "model.dir", "model.tokenizer", "tasks.path", "feedback.annotations", "feedback.model.dir")
+
+
+def _absolutize(cfg: PipelineConfig, base_dir: pathlib.Path) -> PipelineConfig:
+    """`cfg` with its path values taken relative to `base_dir` made absolute."""
+    for path in _PATHS:
+        value: Any = cfg
+        for part in path.split("."):
+            value = getattr(value, part)
+        if value:
+            cfg = replace_in(cfg, path, str((base_dir / str(value)).absolute()))
     return cfg
 
 
-def _absolutize(cfg: dict[str, Any], base_dir: pathlib.Path) -> None:
-    """Make path values relative to the current directory absolute (in place)."""
-    def fix(section: dict[str, Any], key: str) -> None:
-        if section.get(key):
-            section[key] = str((base_dir / str(section[key])).absolute())
-
-    fix(cfg, "run_dir")
-    fix(cfg["model"], "dir")
-    fix(cfg["model"], "tokenizer")
-    fix(cfg["tasks"], "path")
-    fix(cfg["feedback"], "annotations")
-    fix(cfg["feedback"]["model"], "dir")
+def merged(raw: Mapping[str, Any], overrides: Iterable[str], label: str = "config") -> dict[str, Any]:
+    """`raw` (checked for unknown keys, errors naming `label`) under the defaults, with `overrides` applied."""
+    from_mapping(PipelineConfig, raw, label)  # unknown keys and types, named by the file that has them
+    return apply_overrides({**to_data(PipelineConfig()), **raw}, overrides)
 
 
-def load(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+def load(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> PipelineConfig:
     """Read a pipeline YAML, apply `key=value` overrides, merge defaults, check, absolutize paths."""
-    raw = json.loads(json.dumps(load_config(path), default=str))  # no shared nodes from YAML anchors
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise IlfError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(DEFAULTS))})")
-    merged = apply_overrides({**{k: copy.deepcopy(v) for k, v in DEFAULTS.items()}, **raw}, overrides)
-    return resolve(merged, pathlib.Path.cwd())
-
-
-def sampling_section(cfg: Mapping[str, Any], *overlays: Mapping[str, Any]) -> dict[str, Any]:
-    """The top-level sampling settings with per-use overlays applied."""
-    out = dict(cfg["sampling"])
-    for overlay in overlays:
-        out.update(overlay)
-    return out
+    return resolve(merged(load_yaml(path), overrides, str(path)), pathlib.Path.cwd())

@@ -1,9 +1,14 @@
-"""Stages as functions from input artifacts to output artifacts, with identities, skipping and resuming.
+"""Stages as typed values: a function, its parameters (a frozen dataclass) and its input artifacts,
+with identities, skipping and resuming.
 
-A stage's identity hashes its name, the config values it depends on, the fingerprints of the
-external files it reads and the identities of the stages it reads from. Its folder holds
-`stage.json` ({identity, done, summary}). Running a plan: a done stage with the same identity
-is skipped; a stage with another identity is wiped and rerun; an unfinished one resumes.
+A stage function `fn(ctx, params)` sees only its parameters, the artifacts it was given (read with
+`ctx.read(name)`) and the external sources it names (`ctx.source(name)`); it never sees the run's
+config, so nothing it depends on can be left out of its identity. Dependencies are the stages
+that produced its input artifacts. Identity = sha256(name, params, input identities, source
+fingerprints); a parameter field with `metadata={"identity": False}` (batching, worker counts)
+does not count. Each stage's folder holds `stage.json` ({identity, done, summary}). Running a
+plan: a done stage with the same identity is skipped; a stage with another identity is wiped and
+rerun; an unfinished one resumes.
 
 Multi-process runs: every process runs every stage (sampling and training are SPMD programs);
 they agree on whether a stage is done before it starts, only process 0 sets up and writes the
@@ -21,45 +26,87 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from ilf_jax.errors import IlfError
-from ilf_jax.pipeline.records import atomic_write_json, is_writer, read_json
+from ilf_jax.pipeline.artifacts import STATE, Artifact, stage_dir
+from ilf_jax.jsonl import atomic_write_json, read_json
+from ilf_jax.processes import is_writer, process_count
 
-STATE = "stage.json"
+__all__ = ["STATE", "Artifact", "Stage", "StageContext", "stage_dir", "identity", "identities", "run_stage", "status"]
+
+
+def to_json(value: Any, identity_only: bool = False) -> Any:
+    """A parameter value as JSON data (dataclasses as mappings; with `identity_only`, without the
+    fields marked `metadata={"identity": False}`)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name), identity_only) for f in dataclasses.fields(value)
+                if not (identity_only and f.metadata.get("identity") is False)}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v, identity_only) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v, identity_only) for k, v in value.items()}
+    if identity_only and isinstance(value, float) and value.is_integer():
+        return int(value)  # 0 and 0.0 are one setting (a config read back from the manifest has floats)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One step: `fn(ctx)` writes the stage's outputs under `ctx.dir` and returns a JSON summary."""
+    """One step: `fn(ctx, params)` writes the stage's outputs under `ctx.dir` and returns a JSON summary.
+
+    `inputs` names the artifacts the function reads (their stages are its dependencies);
+    `sources` names the run's external inputs it reads (their fingerprints enter its identity).
+    """
 
     name: str
-    fn: Callable[[StageContext], dict[str, Any]]
-    deps: tuple[str, ...] = ()
-    config: Any = None
-    inputs: tuple[str, ...] = ()  # keys into the run's input fingerprints
+    fn: Callable[[StageContext, Any], dict[str, Any]]
+    params: Any = None
+    inputs: Mapping[str, Artifact] = dataclasses.field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """The stages whose outputs this one reads, in the order of its inputs."""
+        return tuple(dict.fromkeys(a.stage for a in self.inputs.values()))
+
+    @property
+    def config(self) -> Any:
+        """The parameters as JSON data (what `stage.json` readers and `ilf stage list` show)."""
+        return to_json(self.params)
 
 
 @dataclasses.dataclass
 class StageContext:
-    """What a stage function sees: its folder, its dependencies' folders and the run's shared resources."""
+    """What a stage function sees besides its parameters: its folder, its inputs, its declared sources,
+    and the process's services (model loading, executor workers, progress bars)."""
 
     stage: Stage
     dir: pathlib.Path
-    dep_dirs: dict[str, pathlib.Path]
-    resources: Any
+    run_dir: pathlib.Path
+    services: Any
 
-    def dep(self, name: str) -> pathlib.Path:
-        """The folder of dependency `name` (it must be listed in the stage's deps)."""
-        return self.dep_dirs[name]
+    @property
+    def name(self) -> str:
+        return self.stage.name
 
+    def has(self, name: str) -> bool:
+        return name in self.stage.inputs
 
-def stage_dir(run_dir: pathlib.Path, name: str) -> pathlib.Path:
-    return run_dir / "stages" / name
+    def read(self, name: str) -> Any:
+        """The content of input artifact `name` (records, a model pointer, a summary)."""
+        return self.stage.inputs[name].read(self.run_dir)
+
+    def source(self, name: str) -> Any:
+        """External input `name` (tasks, annotations, the base model); only the declared ones."""
+        if name not in self.stage.sources:
+            raise KeyError(f"stage {self.stage.name} reads source {name!r} without declaring it")
+        return self.services.source(name)
 
 
 def identity(stage: Stage, dep_ids: Mapping[str, str], fingerprints: Mapping[str, str]) -> str:
-    """sha256 over the stage's name, config values, input fingerprints and dependency identities."""
-    blob = json.dumps({"name": stage.name, "config": stage.config,
-                       "inputs": {k: fingerprints[k] for k in stage.inputs},
-                       "deps": {d: dep_ids[d] for d in stage.deps}}, sort_keys=True, default=str)
+    """sha256 over the stage's name, parameters, input artifacts (with their stages' identities) and
+    source fingerprints."""
+    blob = json.dumps({"name": stage.name, "params": to_json(stage.params, identity_only=True),
+                       "inputs": {k: [a.stage, a.kind.__name__, dep_ids[a.stage]] for k, a in stage.inputs.items()},
+                       "sources": {k: fingerprints[k] for k in stage.sources}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -84,7 +131,7 @@ def is_done(run_dir: pathlib.Path, name: str, ident: str) -> bool:
     return bool(state and state.get("done") and state.get("identity") == ident)
 
 
-def run_stage(stage: Stage, run_dir: pathlib.Path, ids: Mapping[str, str], resources: Any,
+def run_stage(stage: Stage, run_dir: pathlib.Path, ids: Mapping[str, str], services: Any,
               on_done: Callable[[Stage, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run (or resume, or skip) one stage whose dependencies are done; returns its state record."""
     ident = ids[stage.name]
@@ -102,8 +149,7 @@ def run_stage(stage: Stage, run_dir: pathlib.Path, ids: Mapping[str, str], resou
         atomic_write_json(sdir / STATE, {"identity": ident, "done": False, "name": stage.name})
     _barrier(f"start:{stage.name}")
     t0 = time.time()
-    ctx = StageContext(stage, sdir, {d: stage_dir(run_dir, d) for d in stage.deps}, resources)
-    summary = stage.fn(ctx)
+    summary = stage.fn(StageContext(stage, sdir, run_dir, services), stage.params)
     state = {"identity": ident, "done": True, "name": stage.name, "summary": summary,
              "seconds": round(time.time() - t0, 3)}
     atomic_write_json(sdir / STATE, state)
@@ -113,24 +159,22 @@ def run_stage(stage: Stage, run_dir: pathlib.Path, ids: Mapping[str, str], resou
     return state
 
 
-def _multiprocess() -> bool:
-    import sys
+def agreed(value: Any) -> Any:
+    """`value`, checked to be the same on every process of a multi-process run (which also waits for all)."""
+    if process_count() == 1:
+        return value
+    from ilf_jax.parallel.distributed import agree
 
-    jax = sys.modules.get("jax")
-    return jax is not None and jax.process_count() > 1
+    return agree(value)
 
 
 def _agree(name: str, done: bool) -> bool:
     """`done`, checked to be the same on every process (which also waits for all of them)."""
-    if not _multiprocess():
-        return done
-    from ilf_jax.parallel.distributed import agree
-
-    return agree({"stage": name, "done": done})["done"]
+    return agreed({"stage": name, "done": done})["done"]
 
 
 def _barrier(name: str) -> None:
-    if _multiprocess():
+    if process_count() > 1:
         from ilf_jax.parallel.distributed import barrier
 
         barrier(name)

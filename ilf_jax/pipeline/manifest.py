@@ -9,7 +9,7 @@ import platform
 import time
 from typing import Any, Mapping
 
-from ilf_jax.pipeline.records import atomic_write_json, read_json
+from ilf_jax.jsonl import atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
 _HEAD_BYTES = 1 << 20

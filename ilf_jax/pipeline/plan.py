@@ -1,261 +1,187 @@
 """The stage graph of a config: ILF rounds (Algorithm 1), the paper's baselines and ablations, the sweep.
 
+This is the one place that reads the config: each stage gets its parameters (a frozen dataclass
+of exactly the values it uses) and handles to the artifacts it reads, so its dependencies and
+identity follow from what it is given. Round r's stages get round r's handles; round r+1 starts
+from round r's pi_theta*.
+
 Stage names: `r{R}.sample_base`, `r{R}.execute_base`, `r{R}.collect`, `r{R}.refine_data`,
 `r{R}.feedback` (after `r{R}.annotate` with `feedback.source: app`), `r{R}.train_refine`, `r{R}.sample_refinements`, `r{R}.execute_refinements`,
 `r{R}.select`, `r{R}.finetune.ilf{V}`; `finetune.gold{V}`, `finetune.human{V}`;
 `eval.{METHOD}.sample`, `eval.{METHOD}.execute`; `fewshot.{relevant,unrelated}.{sample,execute}`;
-`perplexity`; `report`. `{V}` is empty, or `[lr=..,bs=..,ep=..]` for a sweep point.
+`perplexity`; `report`; before them, the stages of `model.prepare` (the demo's `demo.*`). `{V}` is empty, or `[lr=..,bs=..,ep=..]` for a sweep point.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import pathlib
-from typing import Any, Callable
+from typing import Any
 
-from ilf_jax.data.formats import task_prompt
-from ilf_jax.pipeline import app_feedback, report, steps, texts
-from ilf_jax.pipeline.config import sampling_section
-from ilf_jax.pipeline.engine import Stage, StageContext
-from ilf_jax.pipeline.records import read_jsonl
-from ilf_jax.pipeline.resources import Resources
-from ilf_jax.train.config import TrainConfig
+from ilf_jax.pipeline import app_feedback, report, steps
+from ilf_jax.pipeline.artifacts import (AnnotationFile, Artifact, Failure, Feedback, ModelPointer, Perplexity, RefineTriple, Sample,
+                                        Selected, Summary, TrainLog, Verdict)
+from ilf_jax.pipeline.config import PipelineConfig
+from ilf_jax.pipeline.engine import Stage
+from ilf_jax.pipeline.report import Method
+from ilf_jax.pipeline.sources import TaskSet, import_callable
+from ilf_jax.sample.sampler import SamplingConfig
 
 _SWEEP_ABBREV = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep"}
 
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """A model evaluated on the test split: its label, its feedback and data, and the stage that made it."""
-
-    name: str
-    feedback: str
-    data: str
-    train_stage: str | None  # None: the base model
+__all__ = ["Method", "build", "sweep_points", "variant_suffix"]
 
 
-def sweep_points(cfg: dict[str, Any], method: str | None = None) -> list[dict[str, Any]]:
+def sweep_points(cfg: PipelineConfig, method: str | None = None) -> list[dict[str, Any]]:
     """The sweep's grid as train-config overrides ([{}] without a sweep, or for a `method` it leaves out);
     the first point is the main one (the next round's base model)."""
-    if method is not None and method not in cfg["sweep"]["methods"]:
+    if method is not None and method not in cfg.sweep.methods:
         return [{}]
-    keys = [k for k in _SWEEP_ABBREV if cfg["sweep"][k]]
-    return [dict(zip(keys, values)) for values in itertools.product(*(cfg["sweep"][k] for k in keys))] or [{}]
+    keys = [k for k in _SWEEP_ABBREV if getattr(cfg.sweep, k)]
+    return [dict(zip(keys, values)) for values in itertools.product(*(getattr(cfg.sweep, k) for k in keys))] or [{}]
 
 
 def variant_suffix(point: dict[str, Any]) -> str:
     return "" if not point else "[" + ",".join(f"{_SWEEP_ABBREV[k]}={v}" for k, v in point.items()) + "]"
 
 
-def _identity_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
-    """The sampling values results depend on (samples are keyed by task id, so not the batching)."""
-    return {k: v for k, v in sampling.items() if k not in ("chunk", "batch_size")}
+def _sample_params(cfg: PipelineConfig, overlay: Any, prompts: str = "task", ids: tuple[int, ...] = (),
+                   shuffle_seed: int | None = None) -> steps.SampleParams:
+    section = cfg.sampling_with(overlay)
+    return steps.SampleParams(SamplingConfig(**section.knobs()), prompts, ids, shuffle_seed, section.chunk)
 
 
-def _ids(res: Resources, *splits: str) -> list[int]:
-    return sorted(i for s in splits for i in res.task_set.splits[s])
-
-
-def _base_model(res: Resources, round_: int) -> tuple[Callable[[StageContext], pathlib.Path], tuple[str, ...], tuple[str, ...]]:
-    """(model getter, deps, inputs) of a round's base model: the configured one, or the last round's pi_theta*."""
-    if round_ == 1:
-        path = pathlib.Path(res.config["model"]["dir"])
-        return (lambda ctx: path), (), ("model",)
-    prev = f"r{round_ - 1}.finetune.ilf{variant_suffix(sweep_points(res.config, 'ilf')[0])}"
-    return steps.model_of(prev), (prev,), ()
-
-
-def _task_prompts(ids: list[int]) -> Callable[[StageContext], list[tuple[int, str]]]:
-    return lambda ctx: [(i, task_prompt(ctx.resources.task(i))) for i in ids]
-
-
-def _train_cfg(res: Resources, section: str, point: dict[str, Any]) -> dict[str, Any]:
-    return {**res.config[section]["train"], **point}
-
-
-def _refine_examples(ctx: StageContext, name: str) -> list[Any]:
-    rows = [r for r in read_jsonl(ctx.dep(name) / steps.REFINE_DATA) if r["kept"]]
-    return [texts.refine_example(ctx.resources.task(r["task_id"]), r["old_program"], r["feedback"], r["refinement"])
-            for r in rows]
-
-
-def _selected(ctx: StageContext, select: str) -> list[dict[str, Any]]:
-    return read_jsonl(ctx.dep(select) / steps.SELECTED)
-
-
-def _baseline_ids(ctx: StageContext, select: str, feedback: str) -> list[int]:
-    """Task ids of the gold/human baselines: ILF's selected ids, or every train task with feedback."""
-    if ctx.resources.config["finetune"]["baseline_tasks"] == "selected":
-        return [r["task_id"] for r in _selected(ctx, select)]
-    return [r["task_id"] for r in read_jsonl(ctx.dep(feedback) / steps.FEEDBACK)]
-
-
-def _human_refinements(ctx: StageContext, feedback: str) -> dict[int, str]:
-    """Human (or scripted-annotator) refinements of train tasks, by task id."""
-    res = ctx.resources
-    out = {r["task_id"]: r["refinement"] for r in read_jsonl(ctx.dep(feedback) / steps.FEEDBACK) if r["refinement"]}
-    if res.annotations is not None:
-        out.update({tid: a.refinement for tid, a in res.annotations.rows.items() if res.task_set.split_of(tid) == "train"})
-    return out
-
-
-def build(res: Resources) -> tuple[list[Stage], list[Method]]:
+def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Method]]:
     """Every stage of the run in dependency order, and the evaluated methods."""
-    cfg = res.config
-    fb = cfg["feedback"]
-    ex_cfg = {"timeout": cfg["executor"]["timeout"]}
-    base_sampling = sampling_section(cfg)
-    refine_sampling = sampling_section(cfg, cfg["refiner"]["sampling"])
-    eval_sampling = sampling_section(cfg, cfg["evaluation"]["sampling"])
+    fb = cfg.feedback
+    timeout = cfg.executor.timeout
     plan: list[Stage] = []
     methods: list[Method] = []
+
+    def ids(*splits: str) -> tuple[int, ...]:
+        return tuple(sorted(i for s in splits for i in task_set.splits[s]))
+
+    def add(name: str, fn: Any, params: Any, inputs: dict[str, Artifact], sources: tuple[str, ...]) -> Stage:
+        plan.append(Stage(name, fn, params, inputs, sources))
+        return plan[-1]
+
+    def out(stage: Stage, kind: type) -> Artifact:
+        return Artifact(stage.name, kind)
+
+    def sample_and_execute(sample_name: str, execute_name: str, params: steps.SampleParams,
+                           inputs: dict[str, Artifact], sources: tuple[str, ...]) -> tuple[Stage, Stage]:
+        s = add(sample_name, steps.sample, params, inputs, sources + ("tasks",))
+        return s, add(execute_name, steps.execute, steps.ExecParams(timeout), {"samples": out(s, Sample)}, ("tasks",))
+
+    def trained(stage: Stage) -> dict[str, Artifact]:
+        return {"model": out(stage, ModelPointer)}
+
     fb_label = {"human": "humans", "model": "model (few-shot)", "shuffled": "shuffled (unrelated)",
-                "scripted": "scripted annotator", "app": "humans (ilf annotate)"}[fb["source"]]
-    feedback_cfg = {k: fb[k] for k in ("source", "programs", "shuffle_seed", "annotator", "annotator_seed")}
-    if fb["source"] == "model":
-        feedback_cfg["model"] = {**fb["model"], "seed": cfg["sampling"]["seed"]}
-    ann_inputs = ("annotations", "tasks") if fb["annotations"] else ("tasks",)
-
-    for r in range(1, cfg["rounds"] + 1):
+                "scripted": "scripted annotator", "app": "humans (ilf annotate)"}[fb.source]
+    ann = ("annotations",) if fb.annotations else ()
+    model_feedback = None
+    if fb.source == "model":
+        m, s = fb.model, cfg.sampling
+        model_feedback = steps.ModelFeedbackParams(m.shots, m.temperature, m.max_new_tokens, s.seed,
+                                                   s.batch_size, s.chunk)
+    # The base model: the configured directory (source "model"), or the output of `model.prepare`'s stages.
+    base: dict[str, Artifact] = {}
+    if cfg.model.prepare:
+        prepared, made = import_callable(cfg.model.prepare, "model.prepare")(cfg)
+        plan.extend(prepared)
+        base = {"model": made}
+    base_srcs = () if base else ("model",)
+    base_in = dict(base)
+    first: dict[str, Stage] = {}
+    for r in range(1, cfg.rounds + 1):
         R = f"r{r}"
-        base, base_deps, base_inputs = _base_model(res, r)
-        collect_ids = _ids(res, *cfg["collect"]["splits"])
-        plan += [
-            Stage(f"{R}.sample_base", steps.sample_stage(base, _task_prompts(collect_ids), base_sampling),
-                  base_deps, {"sampling": _identity_sampling(base_sampling), "ids": collect_ids}, base_inputs + ("tasks",)),
-            Stage(f"{R}.execute_base", steps.execute_stage(f"{R}.sample_base"), (f"{R}.sample_base",), ex_cfg, ("tasks",)),
-            Stage(f"{R}.collect", steps.collect_stage(f"{R}.sample_base", f"{R}.execute_base"),
-                  (f"{R}.sample_base", f"{R}.execute_base"), None, ("tasks",)),
-        ]
-        collect = None if fb["annotations"] else f"{R}.collect"
-        annotate = f"{R}.annotate" if fb["source"] == "app" else None
-        if annotate:
-            plan.append(Stage(annotate, app_feedback.annotate_stage(f"{R}.collect", r), (f"{R}.collect",), None,
-                              ("tasks",)))
-        plan.append(Stage(f"{R}.refine_data", steps.refine_data_stage(collect, annotate),
-                          (annotate,) if annotate else (collect,) if collect else (),
-                          {"allow_test": fb["allow_test_annotations"], "annotator": fb["annotator"],
-                           "annotator_seed": fb["annotator_seed"], "ids": _ids(res, "refine", "test"), **ex_cfg},
-                          ann_inputs))
-        fb_deps = (f"{R}.refine_data",) + ((annotate or f"{R}.collect",) if fb["programs"] == "sampled" else ())
-        fb_inputs = ann_inputs + (("feedback_model",) if fb["source"] == "model" else ())
-        plan.append(Stage(f"{R}.feedback", steps.feedback_stage(f"{R}.collect", f"{R}.refine_data", annotate), fb_deps,
-                          {**feedback_cfg, "ids": _ids(res, "train"), **ex_cfg}, fb_inputs))
-        refine_train = _train_cfg(res, "refiner", {})
-        plan += [
-            Stage(f"{R}.train_refine",
-                  steps.train_stage(base, lambda ctx, R=R: _refine_examples(ctx, f"{R}.refine_data"), refine_train),
-                  base_deps + (f"{R}.refine_data",), {"train": refine_train}, base_inputs),
-            Stage(f"{R}.sample_refinements",
-                  steps.sample_stage(steps.model_of(f"{R}.train_refine"), _refinement_prompts(f"{R}.feedback"), refine_sampling),
-                  (f"{R}.train_refine", f"{R}.feedback"), {"sampling": _identity_sampling(refine_sampling)}, ("tasks",)),
-            Stage(f"{R}.execute_refinements", steps.execute_stage(f"{R}.sample_refinements"),
-                  (f"{R}.sample_refinements",), ex_cfg, ("tasks",)),
-            Stage(f"{R}.select", steps.select_stage(f"{R}.feedback", f"{R}.sample_refinements", f"{R}.execute_refinements"),
-                  (f"{R}.feedback", f"{R}.sample_refinements", f"{R}.execute_refinements"), None, ("tasks",)),
-        ]
+        base_src = base_srcs if r == 1 else ()
+        sb, eb = sample_and_execute(f"{R}.sample_base", f"{R}.execute_base",
+                                    _sample_params(cfg, None, ids=ids(*cfg.collect.splits)), dict(base_in), base_src)
+        col = add(f"{R}.collect", steps.collect, None, {"samples": out(sb, Sample), "verdicts": out(eb, Verdict)}, ("tasks",))
+        app: dict[str, Artifact] = {}  # feedback.source app: the annotations people made in `ilf annotate`
+        if fb.source == "app":
+            annotate = add(f"{R}.annotate", app_feedback.annotate, app_feedback.AnnotateParams(r),
+                           {"failures": out(col, Failure)}, ("tasks",))
+            app = {"app_annotations": out(annotate, AnnotationFile)}
+        rd = add(f"{R}.refine_data", steps.refine_data,
+                 steps.RefineDataParams(bool(fb.annotations or app), fb.allow_test_annotations, fb.annotator,
+                                        fb.annotator_seed, ids("refine"), ids("test"), timeout),
+                 app or ({} if fb.annotations else {"failures": out(col, Failure)}), ("tasks",) + ann)
+        fbk = add(f"{R}.feedback", steps.feedback,
+                  steps.FeedbackParams(fb.source, fb.programs, fb.shuffle_seed, fb.annotator, fb.annotator_seed,
+                                       ids("train"), timeout, model_feedback),
+                  {"refine_data": out(rd, RefineTriple),
+                   **(app or ({"failures": out(col, Failure)} if fb.programs == "sampled" else {}))},
+                  ("tasks",) + ann + (("feedback_model",) if fb.source == "model" else ()))
+        tr = add(f"{R}.train_refine", steps.train, steps.TrainParams(cfg.refiner.train, "refine"),
+                 {**base_in, "refine_data": out(rd, RefineTriple)}, base_src + ("tasks",))
+        sr, er = sample_and_execute(f"{R}.sample_refinements", f"{R}.execute_refinements",
+                                    _sample_params(cfg, cfg.refiner.sampling, "refine"),
+                                    {**trained(tr), "feedback": out(fbk, Feedback)}, ())
+        sel = add(f"{R}.select", steps.select, None,
+                  {"feedback": out(fbk, Feedback), "samples": out(sr, Sample), "verdicts": out(er, Verdict)}, ())
+        ilf = []
         for point in sweep_points(cfg, "ilf"):
-            name = f"{R}.finetune.ilf{variant_suffix(point)}"
-            train_cfg = _train_cfg(res, "finetune", point)
-            plan.append(Stage(name, steps.train_stage(base, lambda ctx, R=R: [
-                texts.finetune_example(ctx.resources.task(s["task_id"]), s["completion"]) for s in _selected(ctx, f"{R}.select")],
-                train_cfg), base_deps + (f"{R}.select",), {"train": train_cfg}, base_inputs + ("tasks",)))
+            train_cfg = cfg.finetune.train.replace(**point)
+            ilf.append(add(f"{R}.finetune.ilf{variant_suffix(point)}", steps.train, steps.TrainParams(train_cfg, "ilf"),
+                           {**base_in, "selected": out(sel, Selected)}, base_src + ("tasks",)))
             label = "ilf" if r == 1 else f"ilf_r{r}"
-            methods.append(Method(label + variant_suffix(point), fb_label, "pi_Refine refinements", name))
+            methods.append(Method(label + variant_suffix(point), fb_label, "pi_Refine refinements", ilf[-1].name))
+        if r == 1:
+            first = {"refine_data": rd, "feedback": fbk, "select": sel}
+        base_in = trained(ilf[0])
 
-    base1, _, base1_inputs = _base_model(res, 1)
-    if "zero_shot" in cfg["baselines"]:
+    r1_data = {"selected": out(first["select"], Selected), "feedback": out(first["feedback"], Feedback)}
+    if "zero_shot" in cfg.baselines:
         methods.insert(0, Method("zero_shot", "-", "-", None))
-    gold_human = [m for m in ("gold", "human") if m in cfg["baselines"]]
-    if "human" in gold_human and not (fb["annotations"] or fb["source"] in ("scripted", "app")):
+    gold_human = [m for m in ("gold", "human") if m in cfg.baselines]
+    if "human" in gold_human and not (fb.annotations or fb.source in ("scripted", "app")):
         gold_human.remove("human")
-    ft_cfg = {"baseline_tasks": cfg["finetune"]["baseline_tasks"]}
     for kind in gold_human:
         for point in sweep_points(cfg, kind):
-            name = f"finetune.{kind}{variant_suffix(point)}"
-            train_cfg = _train_cfg(res, "finetune", point)
-            plan.append(Stage(name, steps.train_stage(base1, _baseline_examples(kind), train_cfg),
-                              ("r1.select", "r1.feedback"), {"train": train_cfg, **ft_cfg}, base1_inputs + ann_inputs))
-            data = "MBPP gold" if kind == "gold" else "human refinements"
-            methods.append(Method(kind + variant_suffix(point), "-", data, name))
+            train_cfg = cfg.finetune.train.replace(**point)
+            st = add(f"finetune.{kind}{variant_suffix(point)}", steps.train,
+                     steps.TrainParams(train_cfg, kind, cfg.finetune.baseline_tasks), {**base, **r1_data},
+                     base_srcs + ("tasks",) + ann)
+            methods.append(Method(kind + variant_suffix(point), "-", "MBPP gold" if kind == "gold" else "human refinements",
+                                  st.name))
 
-    test_ids = _ids(res, "test")
+    evaluated: dict[str, Stage] = {}
     for m in methods:
-        model = base1 if m.train_stage is None else steps.model_of(m.train_stage)
-        deps = () if m.train_stage is None else (m.train_stage,)
-        inputs = ("tasks",) + (base1_inputs if m.train_stage is None else ())
-        plan += [
-            Stage(f"eval.{m.name}.sample", steps.sample_stage(model, _task_prompts(test_ids), eval_sampling), deps,
-                  {"sampling": _identity_sampling(eval_sampling), "ids": test_ids}, inputs),
-            Stage(f"eval.{m.name}.execute", steps.execute_stage(f"eval.{m.name}.sample"), (f"eval.{m.name}.sample",),
-                  ex_cfg, ("tasks",)),
-        ]
+        model_in = dict(base) if m.train_stage is None else {"model": Artifact(m.train_stage, ModelPointer)}
+        _, evaluated[m.name] = sample_and_execute(f"eval.{m.name}.sample", f"eval.{m.name}.execute",
+                                                  _sample_params(cfg, cfg.evaluation.sampling, ids=ids("test")),
+                                                  model_in, base_srcs if m.train_stage is None else ())
 
-    if "fewshot_refine" in cfg["baselines"]:
+    fewshot: dict[str, Stage] = {}
+    if "fewshot_refine" in cfg.baselines:
         for kind in ("relevant", "unrelated"):
-            plan += [
-                Stage(f"fewshot.{kind}.sample",
-                      steps.sample_stage(base1, _fewshot_prompts(kind, fb["shuffle_seed"]), refine_sampling),
-                      ("r1.refine_data", "r1.feedback"), {"sampling": _identity_sampling(refine_sampling), "seed": fb["shuffle_seed"]},
-                      base1_inputs + ("tasks",)),
-                Stage(f"fewshot.{kind}.execute", steps.execute_stage(f"fewshot.{kind}.sample"),
-                      (f"fewshot.{kind}.sample",), ex_cfg, ("tasks",)),
-            ]
+            params = _sample_params(cfg, cfg.refiner.sampling, f"fewshot_{kind}",
+                                    shuffle_seed=fb.shuffle_seed if kind == "unrelated" else None)
+            _, fewshot[kind] = sample_and_execute(
+                f"fewshot.{kind}.sample", f"fewshot.{kind}.execute", params,
+                {**base, "refine_data": out(first["refine_data"], RefineTriple), "feedback": out(first["feedback"], Feedback)},
+                base_srcs)
 
-    if cfg["report"]["perplexity"]:
-        ft = TrainConfig.from_dict(cfg["finetune"]["train"])
-        ppl_cfg = {"batch_size": cfg["report"]["perplexity_batch_size"], "max_length": ft.max_length,
-                   "max_target_length": ft.max_target_length}
-        plan.append(Stage("perplexity", steps.perplexity_stage(base1, _perplexity_sets, ppl_cfg),
-                          ("r1.select", "r1.feedback"), ppl_cfg, base1_inputs + ann_inputs))
+    ppl = None
+    if cfg.report.perplexity:
+        ft = cfg.finetune.train
+        ppl = add("perplexity", steps.perplexity,
+                  steps.PerplexityParams(cfg.report.perplexity_batch_size, ft.max_length, ft.max_target_length),
+                  {**base, **r1_data}, base_srcs + ("tasks",) + ann)
 
-    plan.append(Stage("report", report.report_stage(methods), tuple(s.name for s in plan),
-                      {"ks": cfg["evaluation"]["ks"], "methods": [dataclasses.asdict(m) for m in methods],
-                       "rounds": cfg["rounds"], "allow_test": fb["allow_test_annotations"], "n": eval_sampling["n"]},
-                      ann_inputs))
+    inputs = {report.summary_input(s.name): out(s, Summary) for s in plan}
+    inputs.update({f"eval.{name}": out(st, Verdict) for name, st in evaluated.items()})
+    inputs.update({f"fewshot.{kind}": out(st, Verdict) for kind, st in fewshot.items()})
+    for s in plan:
+        if s.name.endswith((".execute_base", ".execute_refinements")):
+            inputs[s.name] = out(s, Verdict)
+        if s.fn is steps.train:
+            inputs[f"trainlog:{s.name}"] = out(s, TrainLog)
+    if ppl is not None:
+        inputs["perplexity"] = out(ppl, Perplexity)
+    add("report", report.report,
+        report.ReportParams(cfg.evaluation.ks, tuple(methods), cfg.rounds, fb.allow_test_annotations,
+                            cfg.sampling_with(cfg.evaluation.sampling).n),
+        inputs, ("tasks",) + ann)
     return plan, methods
-
-
-def _refinement_prompts(feedback: str) -> Callable[[StageContext], list[tuple[int, str]]]:
-    def prompts(ctx: StageContext) -> list[tuple[int, str]]:
-        return [(r["task_id"], texts.refine_sampling_prompt(ctx.resources.task(r["task_id"]), r["old_program"], r["feedback"]))
-                for r in read_jsonl(ctx.dep(feedback) / steps.FEEDBACK)]
-    return prompts
-
-
-def _baseline_examples(kind: str) -> Callable[[StageContext], list[Any]]:
-    def examples(ctx: StageContext) -> list[Any]:
-        ids = _baseline_ids(ctx, "r1.select", "r1.feedback")
-        if kind == "gold":
-            return [texts.finetune_example(ctx.resources.task(t), texts.gold_completion(ctx.resources.task(t))) for t in ids]
-        human = _human_refinements(ctx, "r1.feedback")
-        return [texts.finetune_example(ctx.resources.task(t), texts.body_of(human[t], ctx.resources.task(t)))
-                for t in ids if t in human]
-    return examples
-
-
-def _fewshot_prompts(kind: str, seed: int) -> Callable[[StageContext], list[tuple[int, str]]]:
-    """1-shot refinement prompts for the base model on the train tasks, with their own or shuffled feedback."""
-    def prompts(ctx: StageContext) -> list[tuple[int, str]]:
-        shots = [(r["old_program"], r["feedback"], r["refinement"])
-                 for r in read_jsonl(ctx.dep("r1.refine_data") / steps.REFINE_DATA) if r["kept"]][:1]
-        rows = read_jsonl(ctx.dep("r1.feedback") / steps.FEEDBACK)
-        perm = texts.derangement(len(rows), seed) if kind == "unrelated" else list(range(len(rows)))
-        return [(r["task_id"], texts.fewshot_refine_prompt(shots, ctx.resources.task(r["task_id"]), r["old_program"],
-                                                           rows[p]["feedback"])) for r, p in zip(rows, perm)]
-    return prompts
-
-
-def _perplexity_sets(ctx: StageContext) -> dict[str, list[tuple[int, Any]]]:
-    """Figure 3's training sources on the train tasks with feedback: MBPP gold, human and pi_Refine refinements."""
-    res = ctx.resources
-    ids = [r["task_id"] for r in read_jsonl(ctx.dep("r1.feedback") / steps.FEEDBACK)]
-    human = _human_refinements(ctx, "r1.feedback")
-    return {
-        "mbpp_gold": [(t, texts.finetune_example(res.task(t), texts.gold_completion(res.task(t)))) for t in ids],
-        "human_refinements": [(t, texts.finetune_example(res.task(t), texts.body_of(human[t], res.task(t))))
-                              for t in ids if t in human],
-        "pi_refine_refinements": [(s["task_id"], texts.finetune_example(res.task(s["task_id"]), s["completion"]))
-                                  for s in _selected(ctx, "r1.select")],
-    }

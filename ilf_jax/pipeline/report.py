@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import shutil
 import statistics
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+from ilf_jax.jsonl import atomic_write_json, atomic_write_text, read_json, write_jsonl
 from ilf_jax.metrics import pass_at_k_table
-from ilf_jax.pipeline import steps
-from ilf_jax.pipeline.engine import STATE, StageContext
-from ilf_jax.pipeline.records import atomic_write_json, atomic_write_text, is_writer, read_json, read_jsonl, write_jsonl
+from ilf_jax.pipeline.engine import StageContext
+from ilf_jax.processes import is_writer
 
 REPORT, RESULTS, METRICS, PLOTS, TB = "report.md", "results.json", "metrics.jsonl", "plots", "tb"
 TABLE4_HEADER = "| method | feedback | fine-tuning data | pass@1 | pass@10 | 1+ correct | tasks |"
@@ -42,46 +41,69 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _summary(run_dir: pathlib.Path, stage: str) -> dict[str, Any]:
-    path = run_dir / "stages" / stage / STATE
-    return read_json(path).get("summary", {}) if path.is_file() else {}
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A model evaluated on the test split: its label, its feedback and data, and the stage that made it."""
+
+    name: str
+    feedback: str
+    data: str
+    train_stage: str | None  # None: the base model
 
 
-def results(ctx: StageContext, methods: Sequence[Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ReportParams:
+    """What the report shows: pass@k for `ks`, the evaluated `methods`, `rounds` ILF rounds, the
+    leakage-guard setting and the samples per test task (`n`)."""
+
+    ks: tuple[int, ...]
+    methods: tuple[Method, ...]
+    rounds: int
+    allow_test: bool
+    n: int
+
+
+def summary_input(stage: str) -> str:
+    """The report's input name for a stage's summary (the report reads every stage's)."""
+    return f"summary:{stage}"
+
+
+def results(ctx: StageContext, p: ReportParams) -> dict[str, Any]:
     """Every number of the report, as a JSON-ready mapping."""
-    cfg = ctx.resources.config
-    ks = cfg["evaluation"]["ks"]
-    run_dir = ctx.resources.run_dir
+    ks = list(p.ks)
 
-    def verdicts(stage: str) -> list[dict[str, Any]]:
-        return read_jsonl(ctx.dep(stage) / steps.VERDICTS)
+    def verdicts(name: str) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(v) for v in ctx.read(name)]
 
-    table4 = [{**dataclasses.asdict(m), **scores(counts(verdicts(f"eval.{m.name}.execute")), ks),
-               "trained_on": _summary(run_dir, m.train_stage).get("examples") if m.train_stage else None,
-               "trained": _summary(run_dir, m.train_stage).get("trained") if m.train_stage else None}
-              for m in methods]
-    table2 = {kind: scores(counts(verdicts(f"fewshot.{kind}.execute")), ks)
-              for kind in ("relevant", "unrelated") if f"fewshot.{kind}.execute" in ctx.dep_dirs}
+    def summary(stage: str) -> dict[str, Any]:
+        return ctx.read(summary_input(stage))
+
+    table4 = [{**dataclasses.asdict(m), **scores(counts(verdicts(f"eval.{m.name}")), ks),
+               "trained_on": summary(m.train_stage).get("examples") if m.train_stage else None,
+               "trained": summary(m.train_stage).get("trained") if m.train_stage else None}
+              for m in p.methods]
+    table2 = {kind: scores(counts(verdicts(f"fewshot.{kind}")), ks)
+              for kind in ("relevant", "unrelated") if ctx.has(f"fewshot.{kind}")}
     rounds = []
-    for r in range(1, cfg["rounds"] + 1):
+    for r in range(1, p.rounds + 1):
         R = f"r{r}"
         rounds.append({
             "round": r,
             "base_on_collect_splits": scores(counts(verdicts(f"{R}.execute_base")), ks),
             "pi_refine_on_train": scores(counts(verdicts(f"{R}.execute_refinements")), ks),
-            "collect": _summary(run_dir, f"{R}.collect"),
-            "refine_data": _summary(run_dir, f"{R}.refine_data"),
-            "feedback": _summary(run_dir, f"{R}.feedback"),
-            "selected": _summary(run_dir, f"{R}.select").get("selected"),
+            "collect": summary(f"{R}.collect"),
+            "refine_data": summary(f"{R}.refine_data"),
+            "feedback": summary(f"{R}.feedback"),
+            "selected": summary(f"{R}.select").get("selected"),
         })
         rounds[-1]["feedback_annotations"] = (rounds[-1]["refine_data"].get("kept", 0)
                                               + rounds[-1]["feedback"].get("with_feedback", 0))
-    ann = ctx.resources.annotations
+    ann = ctx.source("annotations") if "annotations" in ctx.stage.sources else None
     ppl: dict[str, Any] = {}
-    if "perplexity" in ctx.dep_dirs:
+    if ctx.has("perplexity"):
         by_source: dict[str, list[float]] = {}
-        for rec in read_jsonl(ctx.dep("perplexity") / steps.PERPLEXITY):
-            by_source.setdefault(rec["source"], []).append(rec["perplexity"])
+        for rec in ctx.read("perplexity"):
+            by_source.setdefault(rec.source, []).append(rec.perplexity)
         ppl = {s: {"n": len(v), "mean": statistics.fmean(v), "median": statistics.median(v)} for s, v in sorted(by_source.items())}
     return {
         "table4": table4,
@@ -90,10 +112,10 @@ def results(ctx: StageContext, methods: Sequence[Any]) -> dict[str, Any]:
         "perplexity": ppl,
         "leakage": {"excluded_test_annotations": len(ann.excluded_test_ids) if ann else 0,
                     "excluded_test_ids": list(ann.excluded_test_ids) if ann else [],
-                    "allow_test_annotations": cfg["feedback"]["allow_test_annotations"],
+                    "allow_test_annotations": p.allow_test,
                     "test_annotations_used": rounds[0]["refine_data"].get("test_annotations_used", 0)},
-        "tasks": {s: len(ids) for s, ids in ctx.resources.task_set.splits.items()},
-        "samples_per_task": {"evaluation": {**cfg["sampling"], **cfg["evaluation"]["sampling"]}["n"]},
+        "tasks": {s: len(ids) for s, ids in ctx.source("tasks").splits.items()},
+        "samples_per_task": {"evaluation": p.n},
     }
 
 
@@ -152,8 +174,14 @@ def _plots(out: pathlib.Path, res: dict[str, Any], losses: dict[str, list[tuple[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig: Any, ax: Any, name: str, legend: bool, **legend_args: Any) -> None:
+        if legend:
+            ax.legend(**legend_args)
+        fig.tight_layout()
+        fig.savefig(out / name, metadata={"Software": None})
+        plt.close(fig)
+
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"Software": None}
     rows = res["table4"]
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
     width = 0.8 / max(1, len(ks))
@@ -161,32 +189,21 @@ def _plots(out: pathlib.Path, res: dict[str, Any], losses: dict[str, list[tuple[
         ax.bar([j + i * width for j in range(len(rows))], [100 * (r.get(f"pass@{k}") or 0) for r in rows], width, label=f"pass@{k}")
     ax.set_xticks([j + width * (len(ks) - 1) / 2 for j in range(len(rows))], [r["name"] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("% of test tasks")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pass_at_k.png", metadata=meta)
-    plt.close(fig)
+    save(fig, ax, "pass_at_k.png", True)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for source, values in sorted(ppl.items()):
         ax.hist(values, bins=20, alpha=0.5, label=source)
     ax.set_xlabel("perplexity under the base model")
     ax.set_ylabel("examples")
-    if ppl:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "perplexity.png", metadata=meta)
-    plt.close(fig)
+    save(fig, ax, "perplexity.png", bool(ppl))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, curve in sorted(losses.items()):
         ax.plot([s for s, _ in curve], [v for _, v in curve], marker="." if len(curve) < 20 else None, label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats/token)")
-    if losses:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", metadata=meta)
-    plt.close(fig)
+    save(fig, ax, "loss.png", bool(losses), fontsize="small")
 
 
 def _tensorboard(path: pathlib.Path, res: dict[str, Any], ks: Sequence[int]) -> None:
@@ -201,36 +218,33 @@ def _tensorboard(path: pathlib.Path, res: dict[str, Any], ks: Sequence[int]) -> 
                     writer.add_scalar(f"eval/{row['name']}/{key}", row[key], 0)
 
 
-def report_stage(methods: Sequence[Any]) -> Callable[[StageContext], dict[str, Any]]:
+def report(ctx: StageContext, p: ReportParams) -> dict[str, Any]:
     """Write results.json, report.md, plots/, metrics.jsonl and tb/ in the run directory."""
-    def run(ctx: StageContext) -> dict[str, Any]:
-        run_dir = ctx.resources.run_dir
-        ks = ctx.resources.config["evaluation"]["ks"]
-        res = results(ctx, methods)
-        losses = {}
-        for name, d in ctx.dep_dirs.items():
-            metrics = d / steps.TRAIN_DIR / "metrics.jsonl"
-            if metrics.is_file():
-                losses[name] = [(r["step"], r["loss"]) for r in read_jsonl(metrics) if "loss" in r]
-        ppl: dict[str, list[float]] = {}
-        if "perplexity" in ctx.dep_dirs:
-            for rec in read_jsonl(ctx.dep("perplexity") / steps.PERPLEXITY):
-                ppl.setdefault(rec["source"], []).append(rec["perplexity"])
-        if is_writer():
-            _plots(run_dir / PLOTS, res, losses, ppl, ks)
-        atomic_write_json(run_dir / RESULTS, res)
-        atomic_write_text(run_dir / REPORT, markdown(res))
-        write_jsonl(run_dir / METRICS, [{"stage": name, **_summary(run_dir, name)} for name in sorted(ctx.dep_dirs)]
-                    + [{"stage": "report", "method": r["name"], **{k: r.get(k) for k in [f"pass@{k}" for k in ks] + ["one_plus_correct"]}}
-                       for r in res["table4"]])
-        if is_writer():
-            _tensorboard(run_dir / TB, res, ks)
-        return {"methods": len(res["table4"]), **{r["name"]: r.get("pass@1") for r in res["table4"]}}
-    return run
+    run_dir, ks = ctx.run_dir, list(p.ks)
+    res = results(ctx, p)
+    losses = {}
+    for name in ctx.stage.inputs:
+        if name.startswith("trainlog:") and (curve := ctx.read(name)) is not None:
+            losses[name.partition(":")[2]] = curve
+    ppl: dict[str, list[float]] = {}
+    if ctx.has("perplexity"):
+        for rec in ctx.read("perplexity"):
+            ppl.setdefault(rec.source, []).append(rec.perplexity)
+    if is_writer():
+        _plots(run_dir / PLOTS, res, losses, ppl, ks)
+    atomic_write_json(run_dir / RESULTS, res)
+    atomic_write_text(run_dir / REPORT, markdown(res))
+    summaries = sorted((n.partition(":")[2], n) for n in ctx.stage.inputs if n.startswith("summary:"))
+    write_jsonl(run_dir / METRICS, [{"stage": stage, **ctx.read(name)} for stage, name in summaries]
+                + [{"stage": "report", "method": r["name"], **{k: r.get(k) for k in [f"pass@{k}" for k in ks] + ["one_plus_correct"]}}
+                   for r in res["table4"]])
+    if is_writer():
+        _tensorboard(run_dir / TB, res, ks)
+    return {"methods": len(res["table4"]), **{r["name"]: r.get("pass@1") for r in res["table4"]}}
 
 
 def print_table(run_dir: pathlib.Path) -> str:
     """The Table 4 rows of a finished run, as text (for the CLI)."""
-    res = json.loads((run_dir / RESULTS).read_text())
+    res = read_json(run_dir / RESULTS)
     return "\n".join(f"{r['name']:<28} pass@1 {_pct(r.get('pass@1')):>7}  pass@10 {_pct(r.get('pass@10')):>7}"
                      for r in res["table4"])

@@ -1,42 +1,23 @@
-"""Schemas of the stage output records, checked when a stage writes them and by `check_run`."""
+"""Schemas of the stage output records (the record dataclasses of `artifacts`), checked when a stage
+writes them and by `check_run`."""
 
 from __future__ import annotations
 
 import pathlib
 from typing import Any, Mapping
 
-from ilf_jax.pipeline.records import is_writer, read_jsonl
+from ilf_jax.pipeline import artifacts
+from ilf_jax.jsonl import read_jsonl
+from ilf_jax.processes import is_writer
 
-_OPT_STR = (str, type(None))
-
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "sample": {"task_id": int, "sample": int, "completion": str, "finish_reason": str, "num_tokens": int,
-               "prompt_truncated": bool},
-    "verdict": {"task_id": int, "sample": int, "verdict": str, "passed": bool, "error": str},
-    "failure": {"task_id": int, "split": str, "sample": int, "program": str, "error": str, "samples": int},
-    "refine_data": {"task_id": int, "old_program": str, "error": str, "feedback": str, "refinement": str,
-                    "source": str, "refinement_passed": bool, "distance": int, "kept": bool},
-    "feedback": {"task_id": int, "old_program": str, "error": str, "feedback": str, "refinement": _OPT_STR,
-                 "source": str},
-    "selected": {"task_id": int, "sample": int, "completion": str},
-    "perplexity": {"source": str, "task_id": int, "nll": float, "perplexity": float},
-}
-
-FILE_KINDS = {"samples.jsonl": "sample", "verdicts.jsonl": "verdict", "failures.jsonl": "failure",
-              "refine_data.jsonl": "refine_data", "feedback.jsonl": "feedback", "selected.jsonl": "selected",
-              "perplexity.jsonl": "perplexity"}
+SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {r.KIND: artifacts.field_types(r) for r in artifacts.RECORDS}
+FILE_KINDS = {r.FILE: r.KIND for r in artifacts.RECORDS}
+_BY_KIND = {r.KIND: r for r in artifacts.RECORDS}
 
 
 def check_record(rec: Mapping[str, Any], kind: str, where: str) -> None:
     """Raise ValueError unless `rec` has exactly the fields of `kind`, each of its type."""
-    fields = SCHEMAS[kind]
-    if set(rec) != set(fields):
-        raise ValueError(f"{where}: fields {sorted(rec)} != {sorted(fields)}")
-    for key, want in fields.items():
-        value = rec[key]
-        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-        if not ok:
-            raise ValueError(f"{where}: field {key!r}={value!r} is not {want}")
+    artifacts.check_record(rec, _BY_KIND[kind], where)
 
 
 def check_file(path: pathlib.Path, kind: str) -> int:
@@ -53,7 +34,7 @@ def check_file(path: pathlib.Path, kind: str) -> int:
 def check_run(run_dir: pathlib.Path) -> int:
     """Check every known output file under the run's stages; returns the number of files checked."""
     count = 0
-    for path in sorted((run_dir / "stages").rglob("*.jsonl")):
+    for path in sorted((run_dir / artifacts.STAGES).rglob("*.jsonl")):
         kind = FILE_KINDS.get(path.name)
         if kind is not None:
             check_file(path, kind)

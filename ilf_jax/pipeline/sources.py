@@ -14,6 +14,7 @@ from ilf_jax.data.task import Task
 from ilf_jax.errors import IlfError
 
 PIPELINE_SPLITS = ("test", "refine", "train")
+TRAINING_SPLITS = ("refine", "train")  # where failures are collected and annotated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +55,11 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
     return obj
 
 
-def _select(all_ids: Mapping[str, list[int]], tasks_cfg: Mapping[str, Any], known: Mapping[int, Task]) -> dict[str, tuple[int, ...]]:
+def _select(all_ids: Mapping[str, list[int]], tasks_cfg: Any, known: Mapping[int, Task]) -> dict[str, tuple[int, ...]]:
     """Per split: the configured ids (checked) or all of the split's ids, cut to the configured limit."""
     out = {}
     for split in PIPELINE_SPLITS:
-        ids = tasks_cfg["ids"].get(split)
+        ids = tasks_cfg.ids.get(split)
         if ids is not None:
             unknown = [i for i in ids if i not in known]
             if unknown:
@@ -69,7 +70,7 @@ def _select(all_ids: Mapping[str, list[int]], tasks_cfg: Mapping[str, Any], know
         else:
             ids = all_ids.get(split, [])
         ids = sorted(set(ids))
-        limit = tasks_cfg["limit"].get(split)
+        limit = tasks_cfg.limit.get(split)
         out[split] = tuple(ids if limit is None else ids[: int(limit)])
     overlap = set(out["test"]) & (set(out["refine"]) | set(out["train"]))
     if overlap:
@@ -77,15 +78,15 @@ def _select(all_ids: Mapping[str, list[int]], tasks_cfg: Mapping[str, Any], know
     return out
 
 
-def load_tasks(tasks_cfg: Mapping[str, Any]) -> TaskSet:
+def load_tasks(tasks_cfg: Any) -> TaskSet:
     """Load the configured task source and select the run's ids per split."""
-    source = tasks_cfg["source"]
+    source = tasks_cfg.source
     if source in ("mbpp", "hf"):
-        tasks = load_mbpp(tasks_cfg["path"]) if source == "mbpp" else load_mbpp_hf(tasks_cfg["hf_name"])
+        tasks = load_mbpp(tasks_cfg.path) if source == "mbpp" else load_mbpp_hf(tasks_cfg.hf_name)
         all_ids = {name: [i for i in ids if i in tasks] for name, ids in SPLITS.items()}
     else:
-        factory = import_callable(tasks_cfg["factory"], "tasks.factory")
-        by_split = factory(**tasks_cfg["factory_args"])
+        factory = import_callable(tasks_cfg.factory, "tasks.factory")
+        by_split = factory(**tasks_cfg.factory_args)
         tasks, all_ids = {}, {}
         for split, items in by_split.items():
             all_ids[split] = [t.task_id for t in items]

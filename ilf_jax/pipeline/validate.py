@@ -9,6 +9,7 @@ from typing import Any
 
 from ilf_jax.data.formats import task_prompt
 from ilf_jax.errors import IlfError
+from ilf_jax.pipeline.config import PipelineConfig
 from ilf_jax.pipeline.sources import TaskSet, import_callable
 
 
@@ -55,47 +56,45 @@ def tasks(task_set: TaskSet) -> None:
                 raise IlfError(f"task {tid}: cannot build its prompt: {e}") from None
 
 
-def train_configs(cfg: dict[str, Any], sweep_points: list[dict[str, Any]]) -> None:
-    """Every training section (and sweep point) must be a valid TrainConfig."""
-    from ilf_jax.train.config import TrainConfig
-
+def train_configs(cfg: PipelineConfig, sweep_points: list[dict[str, Any]]) -> None:
+    """Every training section's sweep points must make a valid TrainConfig."""
     for section in ("refiner", "finetune"):
         try:
-            TrainConfig.from_dict(cfg[section]["train"])
             for point in sweep_points:
-                TrainConfig.from_dict({**cfg[section]["train"], **point})
+                getattr(cfg, section).train.replace(**point)
         except IlfError as e:
             raise IlfError(f"config: {section}.train: {e}") from None
 
 
-def sampling_configs(cfg: dict[str, Any]) -> None:
+def sampling_configs(cfg: PipelineConfig) -> None:
     """Every sampling section must make a valid SamplingConfig."""
-    from ilf_jax.pipeline.config import sampling_section
     from ilf_jax.sample import SamplingConfig
 
-    for name, overlay in (("sampling", {}), ("refiner.sampling", cfg["refiner"]["sampling"]),
-                          ("evaluation.sampling", cfg["evaluation"]["sampling"])):
-        knobs = {k: v for k, v in sampling_section(cfg, overlay).items() if k != "chunk"}
+    for name, overlay in (("sampling", None), ("refiner.sampling", cfg.refiner.sampling),
+                          ("evaluation.sampling", cfg.evaluation.sampling)):
         try:
-            SamplingConfig(**knobs)
+            SamplingConfig(**cfg.sampling_with(overlay).knobs())
         except (ValueError, IlfError) as e:
             raise IlfError(f"config: {name}: {e}") from None
-    if cfg["sampling"]["chunk"] < 1:
+    if cfg.sampling.chunk < 1:
         raise IlfError("config: sampling.chunk must be a positive integer")
 
 
-def everything(cfg: dict[str, Any], task_set: TaskSet, annotations_loader: Any, sweep_points: list[dict[str, Any]]) -> None:
+def everything(cfg: PipelineConfig, task_set: TaskSet, annotations_loader: Any, sweep_points: list[dict[str, Any]]) -> None:
     """All checks, cheapest first; `annotations_loader()` loads (and so validates) the annotation file."""
-    writable_dir(pathlib.Path(cfg["run_dir"]))
+    writable_dir(pathlib.Path(cfg.run_dir))
     tasks(task_set)
-    model_dir(cfg["model"]["dir"], "model.dir")
-    tokenizer_dir(pathlib.Path(cfg["model"]["tokenizer"] or cfg["model"]["dir"]), "model tokenizer")
-    fb = cfg["feedback"]
-    if fb["source"] == "model" and fb["model"]["dir"]:
-        model_dir(fb["model"]["dir"], "feedback.model.dir")
-    if fb["annotator"]:
-        import_callable(fb["annotator"], "feedback.annotator")
-    if fb["annotations"]:
+    if cfg.model.prepare:
+        import_callable(cfg.model.prepare, "model.prepare")(cfg)  # builds (and so checks) its stages
+    else:
+        model_dir(cfg.model.dir, "model.dir")
+        tokenizer_dir(pathlib.Path(cfg.model.tokenizer or cfg.model.dir), "model tokenizer")
+    fb = cfg.feedback
+    if fb.source == "model" and fb.model.dir:
+        model_dir(fb.model.dir, "feedback.model.dir")
+    if fb.annotator:
+        import_callable(fb.annotator, "feedback.annotator")
+    if fb.annotations:
         annotations_loader()
     train_configs(cfg, sweep_points)
     sampling_configs(cfg)

@@ -8,20 +8,22 @@ Resuming: the settings are stored next to the output (`OUT.meta.json`). Rerunnin
 keeps every id whose n samples are all present, drops a partial trailing record or an id with
 missing samples, and samples only the missing ids; different settings are refused. Each prompt's
 key is derived from its line number in the input file, so a resumed run draws the same samples
-as an uninterrupted one. Records are appended a group of prompts at a time and flushed.
+as an uninterrupted one. Records are appended to the output (a `jsonl.RecordLog`) a group of
+prompts at a time, flushed and fsynced.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
+from typing import Any
 
 from ilf_jax.errors import IlfError
-from ilf_jax.jsonl import read_objects
+from ilf_jax.jsonl import RecordLog, atomic_write_text, read_json, read_objects
+from ilf_jax.processes import process_count
 
 META_SUFFIX = ".meta.json"
 
@@ -72,80 +74,54 @@ def _settings(args: argparse.Namespace) -> dict:
     }
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    from ilf_jax.pipeline.records import is_writer
-
-    if not is_writer():  # multi-process: only process 0 writes
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _key(rec: dict) -> tuple[str, int]:
+    return json.dumps(rec["id"]), int(rec["sample"])
 
 
-def _resume(out: pathlib.Path, settings: dict, n: int) -> set[str]:
-    """Ids already complete in `out`; rewrites `out` (atomically) to hold only complete ids."""
-    from ilf_jax.pipeline.records import is_writer
-
+def _resume(out: pathlib.Path, settings: dict, n: int) -> RecordLog:
+    """The output's record log holding only ids with all n samples (a torn last line and ids with
+    missing samples dropped); refuses an output written with other settings."""
     meta = out.with_name(out.name + META_SUFFIX)
     if meta.is_file():
-        old = json.loads(meta.read_text())
+        old = read_json(meta)
         diff = sorted(k for k in settings if old.get(k) != settings[k])
         if diff and out.exists():
             raise IlfError(f"{out}: exists with different settings ({', '.join(diff)}); use another -o or delete it")
     elif out.exists() and out.stat().st_size:
         raise IlfError(f"{out}: exists without {meta.name}; it was not written by `ilf sample` (delete it to start over)")
-    _atomic_write(meta, json.dumps(settings, indent=2) + "\n")
-    if not out.exists():
-        if is_writer():
-            out.touch()
-        return set()
-    groups: dict[str, list[str]] = {}
+    atomic_write_text(meta, json.dumps(settings, indent=2) + "\n")
+    log = RecordLog(out, _key)
     samples: dict[str, set[int]] = {}
-    with out.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                key = json.dumps(rec["id"])
-                s = int(rec["sample"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a partial record from an interrupted write
-            if not line.endswith("\n"):
-                continue
-            groups.setdefault(key, []).append(line)
-            samples.setdefault(key, set()).add(s)
-    done = {k for k, s in samples.items() if s == set(range(n))}
-    _atomic_write(out, "".join(line for k in groups if k in done for line in groups[k]))
-    return done
+    for pid, s in log.records:
+        samples.setdefault(pid, set()).add(s)
+    log.retain(lambda rec: samples[_key(rec)[0]] == set(range(n)))
+    return log
 
 
 def run(args: argparse.Namespace) -> int:
     from ilf_jax.sample.sampler import SamplingConfig
 
-    cfg = SamplingConfig(
-        n=args.n,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        stop_rule=not args.no_stop_rule,
-        batch_size=args.batch_size,
-    )
+    knobs = ("n", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "batch_size")
+    cfg = SamplingConfig(**{k: getattr(args, k) for k in knobs}, stop_rule=not args.no_stop_rule)
     prompts = read_prompts(pathlib.Path(args.prompts))
     out = pathlib.Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _resume(out, _settings(args), cfg.n)
-    todo = [(i, pid, p) for i, (pid, p) in enumerate(prompts) if json.dumps(pid) not in done]
-    from ilf_jax.pipeline.records import is_writer
+    with _resume(out, _settings(args), cfg.n) as log:
+        done = {pid for pid, _ in log.records}
+        todo = [(i, pid, p) for i, (pid, p) in enumerate(prompts) if json.dumps(pid) not in done]
+        if process_count() > 1:
+            from ilf_jax.parallel.distributed import agree
 
-    if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:
-        from ilf_jax.parallel.distributed import agree
+            agree([i for i, _, _ in todo])  # every process samples the same prompts (an SPMD call)
+        print(f"ilf sample: {len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to sample",
+              file=sys.stderr)
+        if todo:
+            _sample(args, cfg, todo, log)
+    return 0
 
-        agree([i for i, _, _ in todo])  # every process samples the same prompts (an SPMD call)
-    print(f"ilf sample: {len(prompts)} prompts, {len(prompts) - len(todo)} already done, {len(todo)} to sample", file=sys.stderr)
-    if not todo:
-        return 0
 
+def _sample(args: argparse.Namespace, cfg: Any, todo: list[tuple[int, Any, str]], log: RecordLog) -> None:
+    """Sample the prompts of `todo` ((line index, id, prompt)), appending each group's records to `log`."""
     from ilf_jax.model.store import load_model, load_tokenizer
     from ilf_jax.parallel.mesh import make_mesh, parse_mesh
     from ilf_jax.sample.sampler import Sampler
@@ -153,32 +129,15 @@ def run(args: argparse.Namespace) -> int:
     mesh = make_mesh(parse_mesh(args.mesh))
     config, params = load_model(args.model, mesh=mesh)
     sampler = Sampler(params, config, load_tokenizer(args.model), mesh, debug=args.debug)
-    # Groups of prompts that fill a few device batches; each group is appended and flushed.
+    # Groups of prompts that fill a few device batches; each group is appended durably.
     group = max(1, (4 * cfg.batch_size) // cfg.n)
     start_time, rows = time.time(), 0
-    with (out.open("a", encoding="utf-8") if is_writer() else open(os.devnull, "w")) as f:
-        for g in range(0, len(todo), group):
-            part = todo[g : g + group]
-            completions = sampler.sample([p for _, _, p in part], cfg, key_ids=[i for i, _, _ in part])
-            if sampler.truncated:
-                print(f"ilf sample: warning: {len(sampler.truncated)} prompt(s) truncated from the left to fit the context", file=sys.stderr)
-            f.write(
-                "".join(
-                    json.dumps(
-                        {
-                            "id": part[c.prompt_index][1],
-                            "sample": c.sample,
-                            "completion": c.text,
-                            "finish_reason": c.finish_reason,
-                            "num_tokens": c.num_tokens,
-                        }
-                    )
-                    + "\n"
-                    for c in completions
-                )
-            )
-            f.flush()
-            os.fsync(f.fileno())
-            rows += len(completions)
-            print(f"ilf sample: {min(g + group, len(todo))}/{len(todo)} prompts, {rows / (time.time() - start_time):.1f} samples/s", file=sys.stderr)
-    return 0
+    for g in range(0, len(todo), group):
+        part = todo[g : g + group]
+        completions = sampler.sample([p for _, _, p in part], cfg, key_ids=[i for i, _, _ in part])
+        if sampler.truncated:
+            print(f"ilf sample: warning: {len(sampler.truncated)} prompt(s) truncated from the left to fit the context", file=sys.stderr)
+        log.append({"id": part[c.prompt_index][1], "sample": c.sample, "completion": c.text,
+                    "finish_reason": c.finish_reason, "num_tokens": c.num_tokens} for c in completions)
+        rows += len(completions)
+        print(f"ilf sample: {min(g + group, len(todo))}/{len(todo)} prompts, {rows / (time.time() - start_time):.1f} samples/s", file=sys.stderr)

@@ -58,7 +58,7 @@ class SamplingConfig:
     max_new_tokens: int = 1024  # the reference's bound
     seed: int = 0
     stop_rule: bool = True  # stop at the end of the generated function (EOS always stops)
-    batch_size: int = 32  # rows (prompt x sample) per device call
+    batch_size: int = dataclasses.field(default=32, metadata={"identity": False})  # rows (prompt x sample) per device call; results do not depend on it
     buckets: tuple[int, ...] = DEFAULT_BUCKETS  # prompt lengths are padded up to one of these
 
     def __post_init__(self) -> None:

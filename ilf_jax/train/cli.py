@@ -25,11 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def load_run_config(path: str | pathlib.Path, overrides: list[str]):
     """(run paths dict, TrainConfig) from the YAML file and overrides."""
 
-    from ilf_jax.configfile import apply_overrides, load_config
+    from ilf_jax.configfile import apply_overrides, from_mapping, load_yaml
     from ilf_jax.errors import IlfError
     from ilf_jax.train.config import TrainConfig
 
-    raw = load_config(path)
+    raw = load_yaml(path)
     base = {k: None for k in RUN_KEYS}
     base.update(TrainConfig().to_dict())
     base.update(raw)
@@ -41,7 +41,7 @@ def load_run_config(path: str | pathlib.Path, overrides: list[str]):
         raise IlfError(f"{path}: give exactly one of 'model' (a model directory) or 'model_config' (a model config file)")
     if run["model_config"] is not None and run["tokenizer"] is None:
         raise IlfError(f"{path}: 'tokenizer' is required with 'model_config'")
-    cfg = TrainConfig.from_dict(merged)
+    cfg = from_mapping(TrainConfig, merged, str(path))
     if run["model_config"] is not None and cfg.init != "random":
         cfg = dataclasses.replace(cfg, init="random")
     return run, cfg

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ilf_jax.errors import IlfError
 
@@ -18,6 +18,7 @@ class LoraConfig:
     """LoRA adapters (`train.lora`): rank, alpha (scale alpha / rank), the projections adapted by
     role (see `ilf_jax.model.lora.ROLES`) and the dtype of the frozen base weights."""
 
+    CONFIG_NOUN: ClassVar[str] = "lora"
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -41,25 +42,6 @@ class LoraConfig:
             fail(f"targets={list(self.targets)!r} must be distinct names among {', '.join(ROLES)}")
         if self.base_dtype not in _DTYPES:
             fail(f"base_dtype={self.base_dtype!r} must be one of {_DTYPES}")
-
-    @classmethod
-    def from_dict(cls, d: Any) -> LoraConfig:
-        if not isinstance(d, Mapping):
-            raise IlfError(f"train config: lora={d!r} must be a mapping (rank, alpha, dropout, targets, base_dtype) or null")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise IlfError(f"train config: unknown lora key(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-        d = dict(d)
-        if "targets" in d:
-            t = d["targets"]
-            d["targets"] = (t,) if isinstance(t, str) else tuple(t) if isinstance(t, (list, tuple)) else t
-        if isinstance(d.get("alpha"), str):
-            try:
-                d["alpha"] = float(d["alpha"])
-            except ValueError:
-                pass
-        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,43 +129,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys and ill-typed values are refused with an IlfError."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise IlfError(f"train config: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            default = fields[key].default
-            if key == "lora":
-                value = None if value is None else value if isinstance(value, LoraConfig) else LoraConfig.from_dict(value)
-            elif key == "mesh":
-                if isinstance(value, str):
-                    from ilf_jax.parallel.mesh import parse_mesh
+        from ilf_jax.configfile import from_mapping
 
-                    value = parse_mesh(value)
-                try:
-                    value = tuple(int(v) for v in value)
-                except (TypeError, ValueError):
-                    raise IlfError(f"train config: mesh={value!r} must be 3 integers") from None
-            elif isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise IlfError(f"train config: {key}={value!r} must be true or false")
-            elif isinstance(default, int) and key != "warmup_steps":
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise IlfError(f"train config: {key}={value!r} must be an integer")
-            elif isinstance(default, (int, float)):
-                if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-                    try:
-                        value = float(value)
-                    except ValueError:
-                        pass
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise IlfError(f"train config: {key}={value!r} must be a number")
-                value = float(value) if key != "warmup_steps" or not float(value).is_integer() else value
-            elif isinstance(default, str) and not isinstance(value, str):
-                raise IlfError(f"train config: {key}={value!r} must be a string")
-            kwargs[key] = value
-        return cls(**kwargs)
+        return from_mapping(cls, d, "train config")
 
     def warmup_for(self, total_steps: int) -> int:
         """Warmup in steps for a run of `total_steps`."""

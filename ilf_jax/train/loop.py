@@ -14,12 +14,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
+from ilf_jax.jsonl import RecordLog, atomic_write_text
 from ilf_jax.model.family import CONFIG_TYPES, ModelConfig, config_from_file
 from ilf_jax.model.family import init_params as random_params
 from ilf_jax.model.lora import Lora
-from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
+from ilf_jax.parallel.distributed import barrier, fetch, global_array, local_rows, map_shared, put_global
 from ilf_jax.parallel.mesh import make_mesh
-from ilf_jax.parallel.sharding import param_shardings
+from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings
+from ilf_jax.processes import is_writer
 from ilf_jax.train import data as data_lib
 from ilf_jax.train.checkpoint import Checkpoints
 from ilf_jax.train.config import TrainConfig
@@ -77,10 +79,10 @@ def _model_config(model: Any, cfg: TrainConfig) -> ModelConfig:
     return config.replace(dtype=cfg.dtype, param_dtype=param_dtype, remat=cfg.remat)
 
 
-def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
+def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any, rules: Rules) -> Any:
     from ilf_jax.model.store import load_model
 
-    shardings = param_shardings(config, mesh)
+    shardings = param_shardings(config, mesh, rules)
     if given is not None:
         params = given
     elif isinstance(model, tuple) and model[1] is not None:
@@ -89,7 +91,7 @@ def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mes
         init = jax.jit(lambda k: random_params(config, k), out_shardings=shardings)
         return init(jax.random.key(cfg.seed))
     else:
-        _, params = load_model(model, mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat=config.remat)
+        _, params = load_model(model, mesh, rules, dtype=config.dtype, param_dtype=config.param_dtype, remat=config.remat)
     return put_global(jax.tree.map(lambda p: p.astype(config.param_dtype), params), shardings)
 
 
@@ -128,33 +130,19 @@ def _put_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[
 
 def _encode(tok: Any, examples: list[Example], cfg: TrainConfig) -> list[data_lib.Encoded]:
     """Tokenized examples; with several processes each tokenizes its share, then all merge."""
-    if jax.process_count() == 1:
-        return data_lib.encode_examples(tok, examples, cfg.max_length, cfg.max_target_length)
-    share = process_share(len(examples))
-    mine = data_lib.encode_examples(tok, examples[share.start : share.stop], cfg.max_length, cfg.max_target_length)
-    return [e for part in allgather_objects(mine) for e in part]
+    return map_shared(lambda part: data_lib.encode_examples(tok, part, cfg.max_length, cfg.max_target_length), examples)
 
 
 class _Logger:
-    """metrics.jsonl (truncated to the resumed step, so nothing is duplicated) + TensorBoard."""
+    """metrics.jsonl (a `jsonl.RecordLog` by step, cut back to the resumed step) + TensorBoard."""
 
     def __init__(self, out_dir: pathlib.Path, start_step: int, enabled: bool):
-        self.path = out_dir / METRICS
         self.enabled = enabled
         self.writer = None
         if not enabled:
             return
-        kept = []
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("step", 0) <= start_step:
-                    kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = self.path.open("a")
+        self.records = RecordLog(out_dir / METRICS, lambda rec: rec["step"])
+        self.records.retain(lambda rec: rec["step"] <= start_step)
         try:
             from tensorboardX import SummaryWriter
 
@@ -165,8 +153,7 @@ class _Logger:
     def log(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
+        self.records.append([rec])
         if self.writer is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -174,7 +161,7 @@ class _Logger:
 
     def close(self) -> None:
         if self.enabled:
-            self.file.close()
+            self.records.close()
             if self.writer is not None:
                 self.writer.close()
 
@@ -190,6 +177,7 @@ def train(
     init_params: Any = None,
     mesh: Mesh | None = None,
     stop_after: int | None = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> TrainResult:
     """Fine-tune (or train from scratch) and write `out_dir/{model,hf,checkpoints,metrics.jsonl}`.
 
@@ -198,12 +186,13 @@ def train(
     (default: the model directory's). `init_params` overrides the starting weights. A run resumes
     from the latest checkpoint in `out_dir`, at the exact data position; a finished run returns at
     once. `stop_after` halts (with a checkpoint) after that many total steps, as a pre-emption would.
+    `rules` (logical axis -> mesh axes) place params, optimizer state and batches, as `Sampler`'s do.
     """
     out_dir = pathlib.Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     if not examples:
         raise IlfError("train: no examples")
-    is_host0 = jax.process_index() == 0
+    is_host0 = is_writer()
     tok, tok_dir = _resolve_tokenizer(tokenizer, model)
     config = _model_config(model, cfg)
     if mesh is None:
@@ -221,7 +210,7 @@ def train(
     total = spe * cfg.epochs
     tx = make_optimizer(cfg, total)
     schedule = learning_rate_schedule(cfg, total)
-    shardings = state_shardings(config, tx, mesh, lora)
+    shardings = state_shardings(config, tx, mesh, lora, rules)
 
     ckpts = Checkpoints(out_dir / CKPT_DIR, keep=cfg.keep)
     latest = ckpts.latest_step()
@@ -236,11 +225,11 @@ def train(
         if latest >= total and (out_dir / MODEL_DIR).is_dir() and (out_dir / SUMMARY).is_file():
             ckpts.close()
             return _result(out_dir, cfg, latest, total)
-        state, meta = ckpts.restore(abstract_state(config, tx, mesh, lora), latest)
+        state, meta = ckpts.restore(abstract_state(config, tx, mesh, lora, rules), latest)
         start = int(meta["step"])
     else:
         if lora is None:
-            params = _initial_params(model, config, cfg, mesh, init_params)
+            params = _initial_params(model, config, cfg, mesh, init_params, rules)
         else:
             params = jax.jit(lora.init, out_shardings=shardings.params)(jax.random.key(cfg.seed))
         state = init_state(params, tx, shardings)
@@ -251,11 +240,11 @@ def train(
 
     base = None
     if lora is not None:  # the frozen base: loaded once, never updated, not in the checkpoints
-        base = _initial_params(model, config, cfg, mesh, None)
-    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora,
-                              base_shardings=None if lora is None else param_shardings(config, mesh))
+        base = _initial_params(model, config, cfg, mesh, None, rules)
+    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora, rules=rules,
+                              base_shardings=None if lora is None else param_shardings(config, mesh, rules))
     extra = () if lora is None else (base,)
-    bshard = batch_shardings(mesh)
+    bshard = batch_shardings(mesh, rules)
     # Several processes: each builds only its rows of every global batch.
     my_rows = None if jax.process_count() == 1 else local_rows(bshard["tokens"], (1, rows, 1), axis=1)
     lengths = [e.length for e in encoded]
@@ -335,7 +324,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
         model_dir = save_model(out_dir / MODEL_DIR, save_config, params, tok_dir)
     else:  # adapters only, with a reference to the base; load_model merges them on load
         model_dir = save_adapters(out_dir / MODEL_DIR, save_config.replace(param_dtype="float32"), lora_meta, params, tok_dir)
-    if tok_dir is None and jax.process_index() == 0:
+    if tok_dir is None and is_writer():
         tok.save_pretrained(str(model_dir))
     if lora is not None:
         _export_peft(lora, params, save_config, out_dir / PEFT_DIR, lora_meta["base"])
@@ -344,7 +333,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
             save_config = save_config.replace(param_dtype="float32")
             params = jax.jit(lambda b, a: lora.merge(b, a, jax.numpy.float32))(base, params)
         export_hf(params, save_config, out_dir / HF_DIR, tokenizer_dir=model_dir)
-    if jax.process_index() == 0:
+    if is_writer():
         losses = [json.loads(line) for line in (out_dir / METRICS).read_text().splitlines() if line.strip()]
         rec = {
             "steps": total,
@@ -354,7 +343,7 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
             "seconds_this_session": seconds,
             "config": cfg.to_dict(),
         }
-        (out_dir / SUMMARY).write_text(json.dumps(rec, indent=2) + "\n")
+        atomic_write_text(out_dir / SUMMARY, json.dumps(rec, indent=2) + "\n")
     barrier("train_finish")
 
 
@@ -364,7 +353,7 @@ def _export_peft(lora: Lora, adapters: Any, config: ModelConfig, out_dir: pathli
     from ilf_jax.model.family import weight_map
 
     host = fetch(adapters)
-    if jax.process_index() == 0:
+    if is_writer():
         export_peft(lora, host, weight_map(config), out_dir, base_dir)
 
 
@@ -391,6 +380,7 @@ def evaluate(
     max_target_length: int = 512,
     length_multiple: int = 64,
     mesh: Mesh | None = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> list[float]:
     """Mean NLL (nats per target token, EOS included) of each example's target; exp() is its
     perplexity. Examples are length-sorted into padded batches; results are in input order."""
@@ -399,7 +389,7 @@ def evaluate(
 
         tokenizer = load_tokenizer(tokenizer)
     encoded = data_lib.encode_examples(tokenizer, list(examples), max_length, max_target_length)
-    run = make_eval_step(config, mesh)
+    run = make_eval_step(config, mesh, rules)
     rows = batch_size
     if mesh is not None:
         dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -414,7 +404,7 @@ def evaluate(
         if mesh is not None:
             from ilf_jax.parallel.sharding import batch_sharding
 
-            batch = _put_batch(batch, {k: batch_sharding(mesh, 2) for k in batch})
+            batch = _put_batch(batch, {k: batch_sharding(mesh, 2, rules) for k in batch})
         sums, counts = fetch(run(params, batch))
         for r, j in enumerate(idx):
             out[j] = sums[r] / counts[r] if counts[r] > 0 else math.nan

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ilf_jax.model.common import lm_head_logits
 from ilf_jax.model.family import ModelConfig, forward, lm_head
 from ilf_jax.model.lora import Lora
-from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
+from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, batch_sharding, constrainer, replicated
 from ilf_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -96,9 +96,9 @@ def _weighted_nll_bwd(config, constrain, res, g):
 _weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
 
 
-def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
+def batch_shardings(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict[str, NamedSharding]:
     """[accum, rows, T] arrays: rows over the batch axes ('data', 'fsdp'), the rest replicated."""
-    spec = batch_sharding(mesh, 2).spec
+    spec = batch_sharding(mesh, 2, rules).spec
     sharding = NamedSharding(mesh, PartitionSpec(None, *spec))
     return {k: sharding for k in ("tokens", "targets", "weights", "valid", "segments", "positions")}
 
@@ -137,6 +137,7 @@ def make_train_step(
     donate: bool = True,
     lora: Lora | None = None,
     base_shardings: Any = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
     With `lora`: `step(state, batch, base_params)`, the state holding only the adapters.
@@ -145,7 +146,7 @@ def make_train_step(
     (summed target weights: tokens, or examples with example weighting), and with
     `return_grads` the averaged gradients (for tests).
     """
-    constrain = constrainer(mesh)
+    constrain = constrainer(mesh, rules)
     dtype = jnp.dtype(config.dtype)
 
     def step(state: TrainState, batch: Batch, base: Any = None):
@@ -170,7 +171,7 @@ def make_train_step(
     if return_grads:
         metric_shardings["grads"] = shardings.params
     # One sharding for every batch array (a pytree prefix): padded and packed batches alike.
-    bshard = batch_shardings(mesh)["tokens"]
+    bshard = batch_shardings(mesh, rules)["tokens"]
     in_shardings = (shardings, bshard) if lora is None else (shardings, bshard, base_shardings)
     return jax.jit(
         step if lora is not None else (lambda state, batch: step(state, batch)),
@@ -180,9 +181,10 @@ def make_train_step(
     )
 
 
-def make_eval_step(config: ModelConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+def make_eval_step(config: ModelConfig, mesh: Mesh | None = None,
+                   rules: Rules = DEFAULT_RULES) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """`eval(params, batch[B, T]) -> (summed NLL per row, target tokens per row)`, jitted."""
-    constrain = None if mesh is None else constrainer(mesh)
+    constrain = None if mesh is None else constrainer(mesh, rules)
 
     def run(params, batch):
         w = batch["weights"].astype(jnp.float32)
