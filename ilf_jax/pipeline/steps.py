@@ -17,6 +17,7 @@ import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
 from ilf_jax.data.annotations import keep_annotation, levenshtein
+from ilf_jax.data.formats import truncate_completion
 from ilf_jax.errors import IlfError
 from ilf_jax.pipeline import faults, schema, texts
 from ilf_jax.pipeline.engine import StageContext
@@ -93,7 +94,7 @@ def sample_prompts(ctx: StageContext, model_dir: pathlib.Path, prompts: Sequence
             done_rows = (len(prompts) - len(todo)) * n
             with _bar(ctx.resources.progress, len(prompts) * n, done_rows, ctx.stage.name) as bar:
                 for chunk in _chunks(todo, sampling["chunk"]):
-                    outs = sampler.sample([p for _, p in chunk], cfg, key_ids=[tid for tid, _ in chunk])
+                    outs = sampler.sample([p for _, p in chunk], cfg, key_ids=[tid for tid, _ in chunk], postprocess=truncate_completion)
                     truncated = {chunk[i][0] for i in sampler.truncated}
                     log.append({"task_id": chunk[c.prompt_index][0], "sample": c.sample, "completion": c.text,
                                 "finish_reason": c.finish_reason, "num_tokens": c.num_tokens,
