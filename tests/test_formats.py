@@ -69,3 +69,74 @@ def test_refinement_prompt_and_pairs(data):
     old = program(tasks[2], "    return 0\n")
     assert refinement_prompt(old, "wrong value") == f"OLD CODE:\n{old}\n\nFEEDBACK:\nwrong value\n\nREFINEMENT:\n"
     assert finetuning_pair(tasks[2], "    return 1\n") == (task_prompt(tasks[2]), "    return 1\n")
+
+
+REFERENCE_SKIPS = {14, 32, 36, 57, 77, 107, 112, 119, 134, 148, 155, 160, 181, 203, 204, 221, 304, 314, 318, 349,
+                   350, 377, 383, 392, 435, 453, 479, 485, 509, 545, 549, 555, 556, 575, 595, 600, 626, 633, 655, 657,
+                   664, 683, 699, 707, 741, 769, 770, 781, 803, 823, 838, 856, 877, 880, 887, 890, 903, 912, 927, 971}
+# Tested gold programs that fail eval_mbpp.py's own test block: the tested function is named `check` and clashes
+# with the test function (56 in MBPP_Test, 899, 967), `root` comes from the setup code it ignores (367).
+REFERENCE_GOLD_FAILS = {56, 367, 899, 967}
+
+
+def test_reference_def_matching_skips(data):
+    tasks, rows = data
+    skipped = {i for i, t in tasks.items() if formats.skipped_by_reference(t)}
+    assert skipped == REFERENCE_SKIPS
+    by_split = {s: sum(lo <= i <= hi for i in skipped) for s, (lo, hi) in
+                {"test": (11, 110), "refine": (111, 310), "train": (311, 974)}.items()}
+    assert by_split == {"test": 6, "refine": 11, "train": 43}  # MBPP_Test: 94 tasks in the reference
+    assert not skipped & {r["task_id"] for r in rows}  # every annotated task has a reference prompt
+
+
+def test_crlf_prompts_keep_the_reference_bytes(shared_data, data):
+    lf, rows = data
+    crlf = load_mbpp(shared_data / "mbpp" / "mbpp.jsonl", line_endings="crlf")
+    assert sum("\r\n" in t.code for t in crlf.values()) == 972
+    with_cr = {i for i, t in crlf.items() if "\r" in task_prompt(t) and i not in REFERENCE_SKIPS}
+    assert len(with_cr) == 222 and sum(11 <= i <= 110 for i in with_cr) == 23
+    assert all(task_prompt(crlf[i]).replace("\r\n", "\n") == task_prompt(lf[i]) for i in crlf)
+    # the annotation file's prompts are LF: byte-equal to the reference's only where no CR precedes `def`
+    same = {r["task_id"] for r in rows if task_prompt(crlf[r["task_id"]]) == r["prompt"]}
+    assert len(same) == 127 and not same & with_cr
+    with pytest.raises(ValueError, match="line_endings"):
+        load_mbpp(shared_data / "mbpp" / "mbpp.jsonl", line_endings="cr")
+
+
+def test_reference_test_block_is_eval_mbpp_format(data):
+    tasks, _ = data
+    assert formats.test_block(tasks[313], "reference") == (
+        "def check(candidate):\n\tassert candidate([-1,-2,1,2]) == 1,2\n\tassert candidate([3,4,-5]) == 3,4\n"
+        "\tassert candidate([-2,-3,1]) == 1\n\n")
+    assert formats.test_block(tasks[847], "reference").endswith("\tassert candidate([4, 5, 6]) == [4, 5, 6]\n\n\n")
+    assert formats.check_target(tasks[56], "reference") == "check"
+    assert formats.test_block(tasks[124], "reference") == (
+        "from pytest import approx\n\ndef check(candidate):\n\tassert candidate(0,1j)==approx(1.5707963267948966 )\n"
+        "\tassert candidate(2,1j)==approx(0.4636476090008061)\n\tassert candidate(0,2j)==approx(1.5707963267948966)\n\n")
+    with pytest.raises(ValueError, match="test style"):
+        formats.test_block(tasks[2], "strict")
+
+
+def test_valid_test_block_fixes_the_broken_tasks(data):
+    tasks, _ = data
+    assert formats.test_block(tasks[313]).split("\n")[1] == "\tassert candidate([-1,-2,1,2]) == 1,2"  # message kept
+    assert formats.test_block(tasks[847]).endswith('\tassert candidate([4, 5, 6]) == [4, 5, 6], '
+                                                   '"candidate([4, 5, 6]) == [4, 5, 6]"')
+    assert "'No solution'" in formats.test_block(tasks[160])
+    assert formats.test_block(tasks[56]).startswith(f"{formats.ENTRY_ALIAS} = check\n\ndef check(candidate):\n")
+    assert formats.check_target(tasks[56]) == formats.ENTRY_ALIAS
+    assert formats.test_block(tasks[367]).startswith("root = Node(1)")
+
+
+def test_every_gold_program_passes_the_valid_test_block(data):
+    from ilf_jax.execute import Executor, job_for_program
+
+    tasks, _ = data
+    with Executor(workers=2, timeout=10.0) as ex:
+        valid = ex.run([job_for_program(t, t.code, str(i)) for i, t in tasks.items()])
+        reference = ex.run([job_for_program(t, t.code, str(i), test_style="reference") for i, t in tasks.items()
+                            if i not in REFERENCE_SKIPS])
+    assert [(r.id, r.verdict, r.error[-200:]) for r in valid if not r.passed] == []
+    assert {int(r.id) for r in reference if not r.passed} == REFERENCE_GOLD_FAILS
+    with pytest.raises(ValueError, match="task 769: the reference skips"):
+        formats.test_block(tasks[769], "reference")

@@ -1,4 +1,4 @@
-"""CodeGen in Flax: logit parity with transformers, HF round trip, real-size shapes, bad input."""
+"""CodeGen in Flax: logit parity with transformers, HF round trip, real-size shapes (every family), bad input."""
 
 import json
 import pathlib
@@ -9,30 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_CONFIGS, random_batch, save_hf, tiny_hf_model
+from helpers import TINY_CONFIGS, jax_logits, random_batch, save_hf, tiny_hf_model, torch_logits
 from ilf_jax.errors import IlfError
-from ilf_jax.model import CodeGenConfig, forward
-from ilf_jax.model.codegen import abstract_params
+from ilf_jax.model import CodeGenConfig, abstract_params, config_from_file
 from ilf_jax.model.convert import export_hf, load_hf_params
+from ilf_jax.model.family import weight_map
 from ilf_jax.model.store import load_model, save_model
-from ilf_jax.model.weight_map import weight_map
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def torch_logits(model, tokens, valid):
-    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(tokens, dtype=torch.long),
-            attention_mask=torch.tensor(valid.astype(np.int64)),
-            position_ids=torch.tensor(positions),
-        )
-    return out.logits.numpy()
-
-
-def jax_logits(params, config, tokens, valid):
-    return np.asarray(forward(params, jnp.asarray(tokens), config, valid=jnp.asarray(valid))[0])
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
@@ -82,14 +66,20 @@ def test_native_checkpoint_round_trip(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
 
 
-@pytest.mark.parametrize("size", ["350M", "2B", "6B", "16B"])
-def test_real_sizes_match_transformers_shapes(size):
-    from transformers import CodeGenForCausalLM
+REAL_CONFIGS = sorted(p.name for p in (REPO / "configs" / "models").glob("*.yaml") if p.stem != "tiny")
 
-    config = CodeGenConfig.from_file(REPO / "configs" / "models" / f"codegen-{size}-mono.yaml")
-    hf_cfg = __import__("transformers").CodeGenConfig(**{k: v for k, v in config.to_hf_dict().items() if k not in ("architectures", "model_type", "torch_dtype")})
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_real_sizes_match_transformers_shapes(name):
+    """Every real model config (CodeGen, Llama, Qwen2): our init's names, shapes and parameter
+    count equal transformers' model built on the meta device from the same config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = config_from_file(REPO / "configs" / "models" / name)
+    hf_dict = config.to_hf_dict()
     with torch.device("meta"):
-        hf = CodeGenForCausalLM(hf_cfg)
+        hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{k: v for k, v in hf_dict.items() if k not in ("architectures", "torch_dtype")}))
+    assert type(hf).__name__ == hf_dict["architectures"][0]
     hf_shapes = {n: tuple(p.shape) for n, p in hf.named_parameters()}
     ours = abstract_params(config)
     entries = weight_map(config)

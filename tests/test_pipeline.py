@@ -3,6 +3,7 @@ artifact, the report's tables, status / stage commands, config changes, and SIGK
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -66,6 +67,50 @@ def _artifacts(run_dir: pathlib.Path, stages: set[str] | None = None) -> dict[st
         elif path.suffix == ".jsonl" and not path.name.endswith(".partial.jsonl"):
             out[rel] = path.read_bytes()
     return out
+
+
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "tiny_run_artifacts.json"
+_TIMING = {"seconds", "tokens_per_s", "seconds_this_session"}
+
+
+def _normalized_digests(run_dir: pathlib.Path, tiny_model: pathlib.Path) -> dict[str, str]:
+    """sha256 of every file the run writes except binaries and timing-bound ones (checkpoints, plots,
+    TensorBoard events, the manifest), with the run and model paths replaced by placeholders and
+    wall times / throughputs dropped; stage identities and the echoed train config are left out (a
+    refactor may change how identities are computed, and new config fields with defaults change nothing)."""
+    out = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(run_dir)
+        if rel.parts[0] in ("plots", "tb") or "checkpoints" in rel.parts or "model" in rel.parts[:-1] \
+                or rel.name == "manifest.json" or rel.name.endswith(".partial.jsonl") or rel.suffix not in (".json", ".jsonl", ".md"):
+            continue
+        text = path.read_text(encoding="utf-8").replace(str(run_dir), "RUN").replace(str(tiny_model), "MODEL")
+
+        def scrub(obj):
+            if isinstance(obj, dict):
+                return {k: scrub(v) for k, v in obj.items() if k not in _TIMING and not (rel.name == engine.STATE and k == "identity")
+                        and not (rel.name == "train_summary.json" and k == "config")}
+            return [scrub(v) for v in obj] if isinstance(obj, list) else obj
+
+        if rel.suffix == ".json":
+            text = json.dumps(scrub(json.loads(text)), sort_keys=True)
+        elif rel.name == "metrics.jsonl":
+            text = "\n".join(json.dumps(scrub(json.loads(x)), sort_keys=True) for x in text.splitlines())
+        out[str(rel)] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def test_tiny_run_artifacts_match_the_recorded_hashes(full_run, tiny_model):
+    """Refactors must not change what a run writes: every record file, summary and report, byte for byte
+    (ILF_RECORD_GOLDEN=1 rewrites tests/golden/tiny_run_artifacts.json after an intended change)."""
+    run_dir, _ = full_run
+    got = _normalized_digests(run_dir, tiny_model)
+    if os.environ.get("ILF_RECORD_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    want = json.loads(GOLDEN.read_text())
+    assert len(want) >= 50
+    assert {k for k in got if got[k] != want.get(k)} | (set(want) - set(got)) == set()
 
 
 def test_end_to_end_writes_every_stage_artifact_and_table(full_run):

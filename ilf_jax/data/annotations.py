@@ -11,7 +11,7 @@ import csv
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Sequence
 
 from ilf_jax.data.splits import SPLITS, split_of
 from ilf_jax.errors import IlfError
@@ -58,14 +58,25 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [{k: (None if v == "" and k in OPTIONAL else v) for k, v in r.items()} for r in rows]
 
 
-def _row(rec: dict[str, Any], where: str, csv_like: bool) -> Annotation:
-    """Validate one raw row and build its Annotation."""
-    unknown = sorted(set(rec) - set(REQUIRED) - set(OPTIONAL), key=str)
+def check_fields(rec: dict[str, Any], where: str, required: Sequence[str], optional: Sequence[str]) -> None:
+    """IlfError naming `where` and the field when `rec` has an unknown field or lacks a required one."""
+    unknown = sorted(set(rec) - set(required) - set(optional), key=str)
     if unknown:
         raise IlfError(f"{where}: unknown field {unknown[0]!r}")
-    for field in REQUIRED:
+    for field in required:
         if rec.get(field) is None:
             raise IlfError(f"{where}: missing field {field!r}")
+
+
+def entry_point_of(prompt: str) -> str | None:
+    """The function a prompt's tests call: its last `def name(` line (None when there is none)."""
+    names = re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", prompt, flags=re.M)
+    return names[-1] if names else None
+
+
+def _row(rec: dict[str, Any], where: str, csv_like: bool) -> Annotation:
+    """Validate one raw row and build its Annotation."""
+    check_fields(rec, where, REQUIRED, OPTIONAL)
     task_id = rec["task_id"]
     if csv_like and isinstance(task_id, str) and task_id.strip().isdigit():
         task_id = int(task_id)
@@ -84,10 +95,10 @@ def _row(rec: dict[str, Any], where: str, csv_like: bool) -> Annotation:
         distance = None if distance is None else float(distance)
     except (TypeError, ValueError):
         raise IlfError(f"{where}: field 'refinement_edit_distance' must be a number, got {distance!r}") from None
-    names = re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", rec["prompt"], flags=re.M)
-    if not names:
+    entry_point = entry_point_of(rec["prompt"])
+    if entry_point is None:
         raise IlfError(f"{where}: field 'prompt' has no `def name(...)` line")
-    return Annotation(task_id=task_id, prompt=rec["prompt"], test=rec["test"], entry_point=names[-1],
+    return Annotation(task_id=task_id, prompt=rec["prompt"], test=rec["test"], entry_point=entry_point,
                       feedback=rec["Feedback"], refinement=rec["unedited_annotator_completion"],
                       original=rec["original_model_completion"], worker_id=worker,
                       refinement_edit_distance=distance)
@@ -129,6 +140,15 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
-def keep_annotation(refinement: str, original: str, refinement_passed: bool) -> bool:
-    """The paper's filter: the refinement passes and is a small edit (< half the longer program)."""
-    return refinement_passed and levenshtein(refinement, original) < 0.5 * max(len(refinement), len(original))
+def edit_limit(refinement: str, original: str) -> float:
+    """The paper's bound on a refinement's edit distance: half the longer of the two programs."""
+    return 0.5 * max(len(refinement), len(original))
+
+
+def keep_annotation(refinement: str, original: str, refinement_passed: bool, distance: int | None = None) -> bool:
+    """The paper's filter: the refinement passes and is a small edit (< half the longer program).
+    `distance` is Levenshtein(refinement, original) when the caller already has it."""
+    if not refinement_passed:
+        return False
+    distance = levenshtein(refinement, original) if distance is None else distance
+    return distance < edit_limit(refinement, original)

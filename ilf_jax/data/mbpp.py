@@ -11,14 +11,20 @@ from ilf_jax.errors import IlfError
 
 _FULL_FIELDS = ("task_id", "text", "code", "test_list")
 _SANITIZED_FIELDS = ("task_id", "prompt", "code", "test_list")
+LINE_ENDINGS = ("lf", "crlf")  # how gold code is read: normalised to LF | kept as stored (the reference)
 
 
 def _lf(code: str) -> str:
-    """MBPP gold code uses CRLF; every stage works with LF."""
+    """MBPP gold code uses CRLF (972 of 974 tasks); by default every stage works with LF."""
     return code.replace("\r\n", "\n")
 
 
-def _task(rec: Any, where: str) -> Task:
+def _check_line_endings(line_endings: str) -> None:
+    if line_endings not in LINE_ENDINGS:
+        raise ValueError(f"line_endings={line_endings!r} must be one of {', '.join(LINE_ENDINGS)}")
+
+
+def _task(rec: Any, where: str, line_endings: str = "lf") -> Task:
     """One MBPP record (full or sanitized layout) as a `Task`, naming the record on bad input."""
     if not isinstance(rec, dict):
         raise IlfError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -38,26 +44,32 @@ def _task(rec: Any, where: str) -> Task:
     return Task(
         task_id=rec["task_id"],
         text=rec["prompt"] if sanitized else rec["text"],
-        code=_lf(rec["code"]),
+        code=_lf(rec["code"]) if line_endings == "lf" else rec["code"],
         test_list=tuple(tests),
         test_setup_code=_lf(setup),
         challenge_test_list=tuple(rec.get("challenge_test_list") or ()),
     )
 
 
-def tasks_from_records(records: Iterable[Any], source: str) -> dict[int, Task]:
-    """Records (dicts in MBPP's layout) to tasks keyed by id; duplicate ids are an error."""
+def tasks_from_records(records: Iterable[Any], source: str, line_endings: str = "lf") -> dict[int, Task]:
+    """Records (dicts in MBPP's layout) to tasks keyed by id; duplicate ids are an error.
+
+    `line_endings="crlf"` keeps the gold code's bytes (CRLF), as the reference read them from the HF hub:
+    prompts then keep CRLF before `def` and gold fine-tuning targets are CRLF.
+    """
+    _check_line_endings(line_endings)
     tasks: dict[int, Task] = {}
     for i, rec in enumerate(records, 1):
-        task = _task(rec, f"{source}: record {i}")
+        task = _task(rec, f"{source}: record {i}", line_endings)
         if task.task_id in tasks:
             raise IlfError(f"{source}: record {i}: duplicate task_id {task.task_id}")
         tasks[task.task_id] = task
     return tasks
 
 
-def load_mbpp(path: str | Path) -> dict[int, Task]:
+def load_mbpp(path: str | Path, line_endings: str = "lf") -> dict[int, Task]:
     """Load MBPP from `mbpp.jsonl` (one object a line) or `sanitized-mbpp.json` (one array), by content."""
+    _check_line_endings(line_endings)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -65,7 +77,7 @@ def load_mbpp(path: str | Path) -> dict[int, Task]:
         raise IlfError(f"{path}: cannot read: {e.strerror}") from None
     if text.lstrip().startswith("["):
         try:
-            return tasks_from_records(json.loads(text), str(path))
+            return tasks_from_records(json.loads(text), str(path), line_endings)
         except json.JSONDecodeError as e:
             raise IlfError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     records = []
@@ -75,11 +87,16 @@ def load_mbpp(path: str | Path) -> dict[int, Task]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise IlfError(f"{path}: line {n}: invalid JSON: {e.msg}") from None
-    return tasks_from_records(records, str(path))
+    return tasks_from_records(records, str(path), line_endings)
 
 
-def load_mbpp_hf(name: str = "mbpp", config: str = "full") -> dict[int, Task]:
+def load_mbpp_hf(name: str = "mbpp", config: str = "full", line_endings: str = "lf") -> dict[int, Task]:
     """All splits of MBPP from the HF hub (`datasets`, needs network or a warm cache)."""
+    return tasks_from_records(hf_records(name, config), f"hf:{name}/{config}", line_endings)
+
+
+def hf_records(name: str = "mbpp", config: str = "full") -> list[dict[str, Any]]:
+    """MBPP's records from the HF hub, all splits, sorted by task id (the reference's `load_dataset("mbpp")`)."""
     try:
         import datasets
     except ImportError:
@@ -88,7 +105,7 @@ def load_mbpp_hf(name: str = "mbpp", config: str = "full") -> dict[int, Task]:
         dd = datasets.load_dataset(name, config)
     except Exception as e:  # offline, unknown name, ...: one line for the user
         raise IlfError(f"cannot load HF dataset {name}/{config}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    return tasks_from_records((rec for split in dd.values() for rec in split), f"hf:{name}/{config}")
+    return sorted((dict(rec) for split in dd.values() for rec in split), key=lambda r: r.get("task_id", 0))
 
 
 def load_mbpp_tfds(name: str = "huggingface:mbpp/full") -> dict[int, Task]:

@@ -10,7 +10,7 @@ _CALL = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:math\.isclose\(\s*|set\(\s*)?(
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One programming problem in MBPP's shape; `code` uses LF line breaks."""
+    """One programming problem in MBPP's shape; `code` has LF line breaks unless read with line_endings="crlf"."""
 
     task_id: int
     text: str

@@ -1,13 +1,15 @@
 """`ilf exec INPUT.jsonl -o OUTPUT.jsonl [--timeout S] [--workers N]`: run programs against their tests.
 
 Output lines are written (and flushed) as results arrive; rerunning with the same output file
-skips ids already done, so an interrupted run resumes.
+skips ids already done, so an interrupted run resumes. The output is created 0600, and neither
+file is reachable from inside the sandboxes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the `ilf exec` arguments."""
     parser.add_argument("input", type=Path, help="JSONL: id, program, and test + entry_point or test_list")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSONL results (appended, resumable)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default 3)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="CPU seconds per program (default 3)")
+    parser.add_argument("--wall-timeout", type=float, default=None,
+                        help="wall-clock seconds per program, a backstop for waiting programs (default max(30, 10 x timeout))")
     parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
 
 
@@ -85,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute the input's jobs not yet in the output; print a one-line summary."""
     if args.timeout <= 0:
         raise IlfError(f"--timeout must be positive, got {args.timeout}")
+    if args.wall_timeout is not None and args.wall_timeout < args.timeout:
+        raise IlfError(f"--wall-timeout must be at least --timeout, got {args.wall_timeout}")
     if args.workers is not None and args.workers < 1:
         raise IlfError(f"--workers must be at least 1, got {args.workers}")
     jobs = read_jobs(args.input)
@@ -92,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
     todo = [j for j in jobs if j.id not in done]
     _drop_torn_tail(args.output)
     passed = 0
-    with Executor(args.workers, args.timeout) as ex, args.output.open("a", encoding="utf-8") as out:
+    fd = os.open(args.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    with Executor(args.workers, args.timeout, wall_timeout=args.wall_timeout, hide=[args.input, args.output]) as ex, \
+            os.fdopen(fd, "a", encoding="utf-8") as out:
         for result in ex.imap(todo):
             out.write(json.dumps(result.to_json()) + "\n")
             out.flush()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-VERDICTS = ("passed", "failed", "error", "syntax_error", "timeout", "memory", "output_limit", "crash")
+VERDICTS = ("passed", "failed", "error", "syntax_error", "timeout", "memory", "output_limit", "crash",
+            "harness_error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +39,19 @@ class Job:
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """The verdict for one job: `passed` is true only for verdict 'passed'; `error` is the text for feedback."""
+    """The verdict for one job: `passed` is true only for verdict 'passed'; `error` is the text for feedback.
+
+    `duration_s` is wall-clock seconds, `cpu_s` the CPU seconds of the job's processes (what the
+    timeout limits), `isolation` the sandboxing that was in force.
+    """
 
     id: str
     verdict: str
     passed: bool
     error: str
     duration_s: float
+    cpu_s: float = 0.0
+    isolation: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's output record."""

@@ -1,8 +1,18 @@
-"""`Executor`: a pool of long-lived sandbox workers, kept alive across calls (a context manager).
+"""`Executor`: a pool of long-lived supervising workers, kept alive across calls (a context manager).
 
-Workers are fresh interpreters started with `subprocess` (safe from a process that imported JAX),
-inside new PID + network namespaces when the kernel allows it (`unshare`), else plainly. One thread
-per worker feeds it jobs; a worker that dies or hangs is replaced and its job retried once.
+Public API (also what the annotation app's "Run tests" uses):
+
+    from ilf_jax.execute import Executor, Job
+    with Executor(workers=2, timeout=3.0) as ex:       # timeout: CPU seconds per job (the paper's 3 s)
+        results = ex.run([Job("a", "def f(x):\n    return x + 1\n", test_list=("assert f(1) == 2",))])
+    results[0].verdict, results[0].error, results[0].isolation
+
+`run(jobs)` returns results in input order, `imap(jobs)` as they complete. Each `Result` carries the
+verdict (one of VERDICTS), the error text for feedback, wall and CPU seconds and the isolation that
+was in force. Workers are fresh interpreters started with `subprocess` (safe from a process that
+imported JAX); each runs its jobs' tests in a judge process and the program in its own sandbox (see
+ilf_jax/execute/worker.py). A worker that dies or hangs is replaced and its job retried once; a job
+that still gets no answer is `harness_error`. Nothing runs program code in this process.
 """
 
 from __future__ import annotations
@@ -17,13 +27,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
-from ilf_jax.execute import worker as wire_protocol
+from ilf_jax.execute import isolation, wire
 from ilf_jax.execute.job import Job, Result
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -32,16 +41,16 @@ _GRACE_S = 30.0
 
 
 @functools.lru_cache(maxsize=None)
-def namespace_prefix() -> tuple[str, ...]:
-    """The `unshare` command line that gives a worker its own PID and network namespaces, or () if none works."""
+def worker_prefix() -> tuple[str, ...]:
+    """How to start a worker: plainly when root, else inside a user namespace where it is root (if allowed)."""
+    if os.geteuid() == 0:
+        return ()
     exe = shutil.which("unshare")
     if exe is None:
         return ()
-    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
-    prefix = (exe, *user, "--pid", "--net", "--kill-child", "--fork")
+    prefix = (exe, "--user", "--map-root-user")
     try:
-        ok = subprocess.run([*prefix, sys.executable, "-c", "import os; assert os.getpid() == 1"],
-                            stdin=subprocess.DEVNULL, capture_output=True, timeout=30).returncode == 0
+        ok = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     return prefix if ok else ()
@@ -50,20 +59,22 @@ def namespace_prefix() -> tuple[str, ...]:
 class _Worker:
     """One worker process and its pipes, as seen from the caller."""
 
-    def __init__(self, cfg: dict[str, Any], isolate: bool) -> None:
-        prefix = namespace_prefix() if isolate else ()
-        cfg = {**cfg, "drop_privileges": os.geteuid() == 0}
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        prefix = worker_prefix() if cfg["isolate"] else ()
+        cfg = {**cfg, "in_user_namespace": bool(prefix)}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": _PACKAGE_ROOT, "PYTHONIOENCODING": "utf-8"}
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": _PACKAGE_ROOT, "PYTHONIOENCODING": "utf-8",
+               **({"TMPDIR": os.environ["TMPDIR"]} if "TMPDIR" in os.environ else {})}
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "ilf_jax.execute.worker", json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            cwd=cfg["root"], env=env, start_new_session=True, close_fds=True)
+            cwd="/", env=env, start_new_session=True, close_fds=True)
         hello = self._recv(time.monotonic() + _START_TIMEOUT_S)
         if not (isinstance(hello, dict) and hello.get("ready")):
             self.kill()
-            raise RuntimeError("an executor worker failed to start")
-        self.isolated = bool(hello.get("isolated"))
+            why = hello.get("error") if isinstance(hello, dict) else "no answer"
+            raise RuntimeError(f"an executor worker failed to start: {why}")
+        self.isolation = str(hello.get("isolation"))
 
     def _recv(self, deadline: float) -> Any:
         """One reply, or None when the worker died or missed the deadline."""
@@ -71,14 +82,14 @@ class _Worker:
         if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
             return None
         try:
-            return wire_protocol.recv(fd)
-        except (OSError, ValueError):
+            return wire.recv(fd)
+        except (OSError, ValueError, wire.Malformed, wire.TooBig):
             return None
 
-    def call(self, wire: dict[str, Any], deadline_s: float) -> dict[str, Any] | None:
+    def call(self, wire_job: dict[str, Any], deadline_s: float) -> dict[str, Any] | None:
         """Run one job; None when the worker died or hung (it is then killed)."""
         try:
-            wire_protocol.send(self.proc.stdin.fileno(), wire)
+            wire.send(self.proc.stdin.fileno(), wire_job)
         except OSError:
             self.kill()
             return None
@@ -89,7 +100,7 @@ class _Worker:
         return reply
 
     def kill(self) -> None:
-        """Kill the worker's whole session (with --kill-child this takes its namespace down too) and reap it."""
+        """Kill the worker (its jobs' sandboxes die with their lifelines) and reap it."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -102,35 +113,52 @@ class _Worker:
                 pass
 
     def stop(self) -> None:
-        """Ask the worker to finish (close its stdin), then make sure it is gone."""
+        """Ask the worker to finish (close its stdin: it cleans up and exits), then make sure it is gone."""
         try:
             self.proc.stdin.close()
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             pass
         self.kill()
 
 
 class Executor:
-    """Sandboxed parallel test runner: `with Executor(workers, timeout) as ex: ex.run(jobs)`."""
+    """Sandboxed parallel test runner: `with Executor(workers, timeout) as ex: ex.run(jobs)`.
 
-    def __init__(self, workers: int | None = None, timeout: float = 3.0, *, memory_mb: int = 1024,
-                 output_kb: int = 4096, open_files: int = 64, max_processes: int = 32,
-                 error_chars: int = 2000, frames: int = 3, isolate: bool = True) -> None:
+    `timeout` is CPU seconds per job; `wall_timeout` (default max(30 s, 10 x timeout)) stops a job
+    that sleeps or waits, and is generous so that a loaded machine does not change verdicts; `hide` lists host paths (the CLI's input and output) masked inside sandboxes
+    even where a bound system directory would contain them.
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = 3.0, *, wall_timeout: float | None = None,
+                 memory_mb: int = 1024, output_kb: int = 4096, open_files: int = 64, max_processes: int = 32,
+                 error_chars: int = 2000, frames: int = 3, reply_mb: int = 64, judge_memory_mb: int = 4096,
+                 isolate: bool = True, hide: Sequence[str | os.PathLike] = ()) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        wall = max(30.0, 10 * float(timeout)) if wall_timeout is None else float(wall_timeout)
+        if wall < timeout:
+            raise ValueError(f"wall_timeout ({wall}) must be at least timeout ({timeout})")
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self.timeout = float(timeout)
-        self.isolate = isolate
-        self._limits = {"memory_mb": memory_mb, "output_kb": output_kb, "open_files": open_files,
-                        "max_processes": max_processes, "cpu_s": math.ceil(timeout) + 1}
-        self._error = {"error_chars": error_chars, "frames": frames}
-        self._root: str | None = None
+        self.timeout, self.wall_timeout = float(timeout), wall
+        limits = {"memory_mb": memory_mb, "output_kb": output_kb, "open_files": open_files,
+                  "max_processes": max_processes, "cpu_s": math.ceil(timeout) + 1}
+        self._cfg = {"timeout": self.timeout, "wall_timeout": wall, "limits": limits, "error_chars": error_chars,
+                     "frames": frames, "reply_bytes": reply_mb << 20, "judge_memory_mb": judge_memory_mb,
+                     "isolate": isolate, "hide": [os.path.abspath(p) for p in hide],
+                     "binds": [d for d in isolation.SYSTEM_DIRS if os.path.lexists(d)]
+                     + isolation.python_dirs(sys.path, [_PACKAGE_ROOT, os.getcwd()])}
         self._slots: list[_Worker | None] = []
         self._threads: list[threading.Thread] = []
         self._jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self.isolated = False
+        self._started = False
+        self.isolation = ""
+
+    @property
+    def isolated(self) -> bool:
+        """Whether jobs run in their own namespaces (see `isolation` for the whole description)."""
+        return self.isolation.startswith(isolation.NAMESPACES)
 
     def __enter__(self) -> Executor:
         self.start()
@@ -141,23 +169,21 @@ class Executor:
 
     def start(self) -> None:
         """Start the workers (idempotent)."""
-        if self._root is not None:
+        if self._started:
             return
-        self._root = tempfile.mkdtemp(prefix="ilf-exec-")
-        os.chmod(self._root, 0o711)
-        self._cfg = {"root": self._root, "timeout": self.timeout, "limits": self._limits, **self._error}
+        self._started = True
         try:
-            self._slots = [_Worker(self._cfg, self.isolate) for _ in range(self.workers)]
+            self._slots = [_Worker(self._cfg) for _ in range(self.workers)]
         except BaseException:
             self.close()
             raise
-        self.isolated = all(w.isolated for w in self._slots if w)
+        self.isolation = self._slots[0].isolation if self._slots else ""
         self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(self.workers)]
         for t in self._threads:
             t.start()
 
     def close(self) -> None:
-        """Stop the workers and remove every temporary file (idempotent)."""
+        """Stop the workers; they end their sandboxes and remove their files (idempotent)."""
         for _ in self._threads:
             self._jobs.put(None)
         for t in self._threads:
@@ -166,22 +192,22 @@ class Executor:
             if w is not None:
                 w.stop()
         self._threads, self._slots = [], []
-        if self._root is not None:
-            shutil.rmtree(self._root, ignore_errors=True)
-            self._root = None
+        self._started = False
 
     def _run_one(self, slot: int, job: Job) -> Result:
-        """Run a job on this slot's worker; replace a dead worker and retry once."""
-        wire = job.to_wire()
+        """Run a job on this slot's worker; replace a dead or hung worker and retry once."""
+        wire_job = job.to_wire()
         for _attempt in range(2):
             w = self._slots[slot]
             if w is None or w.proc.poll() is not None:
-                w = self._slots[slot] = _Worker(self._cfg, self.isolate)
-            reply = w.call(wire, self.timeout + _GRACE_S)
+                w = self._slots[slot] = _Worker(self._cfg)
+            reply = w.call(wire_job, self.wall_timeout + _GRACE_S)
             if reply is not None:
-                return Result(job.id, reply["verdict"], reply["verdict"] == "passed", reply["error"], reply["duration_s"])
+                return Result(job.id, str(reply["verdict"]), reply["verdict"] == "passed", str(reply["error"]),
+                              float(reply["duration_s"]), float(reply.get("cpu_s", 0.0)), str(reply.get("isolation")))
             self._slots[slot] = None
-        return Result(job.id, "crash", False, "Crash: the executor worker died twice on this program", 0.0)
+        return Result(job.id, "harness_error", False, "HarnessError: the executor worker died twice on this program",
+                      0.0, 0.0, self.isolation)
 
     def _serve(self, slot: int) -> None:
         """Thread body: take (index, job, reply queue, cancelled) items until told to stop."""
@@ -193,12 +219,13 @@ class Executor:
             try:
                 result = self._run_one(slot, job)
             except Exception as e:  # noqa: BLE001 - never lose a job: report it
-                result = Result(job.id, "crash", False, f"Crash: executor failure: {type(e).__name__}: {e}", 0.0)
+                result = Result(job.id, "harness_error", False, f"HarnessError: {type(e).__name__}: {e}", 0.0, 0.0,
+                                self.isolation)
             out.put((index, result))
 
     def imap(self, jobs: Iterable[Job]) -> Iterator[Result]:
         """Results as they complete (any order); every job yields exactly one result."""
-        if self._root is None:
+        if not self._started:
             raise RuntimeError("Executor is not started: use `with Executor(...) as ex:`")
         with self._lock:
             out: queue.Queue = queue.Queue()

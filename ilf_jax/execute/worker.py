@@ -1,78 +1,66 @@
-"""Executor worker: a fresh interpreter (started by `Executor` with subprocess) that runs each job in a
-forked child with hard limits, enforces the wall-clock timeout, kills and reaps the child's whole
-process tree, removes its temporary directory and sends back one verdict.
+"""Executor worker: a fresh interpreter that never runs program code; it supervises one job at a time.
 
-Protocol on stdin/stdout: 4-byte big-endian length + JSON, one request and one reply per job.
+For each job it takes a sandbox the zygote prepared ahead of time, forks a judge (which runs the
+tests and talks to the program process), and watches the job: the job's CPU time (the primary
+timeout), a wall-clock backstop, the bytes written to stdout/stderr, the program's exit. It then
+kills everything the job started and answers with one verdict record. Whatever goes wrong on this
+side becomes `harness_error` for that job only. When its caller goes away (stdin closes) it ends
+the job in flight, its zygote and its spare sandbox, and exits.
+
+Protocol on stdin/stdout: ilf_jax.execute.wire messages, one request and one reply per job.
 Run as `python -m ilf_jax.execute.worker CONFIG_JSON`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
+import resource
 import secrets
 import select
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from ilf_jax.execute import sandbox
+from ilf_jax.execute import isolation, wire, zygote
+from ilf_jax.execute.judge import Stopped, judge
 
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "operator",
-           "copy", "datetime", "decimal", "fractions", "statistics", "typing", "array", "cmath", "faulthandler")
-_RC_HARNESS = 85
-_REPORT_CAP = 1 << 20
+           "copy", "datetime", "decimal", "fractions", "statistics", "typing", "array", "cmath", "faulthandler",
+           "random", "json", "linecache", "traceback", "ilf_jax.execute.program")
+_STDERR_TAIL = 600
+_CLK = os.sysconf("SC_CLK_TCK")
+_UID_BASE = 1 << 20
 
 
-def send(fd: int, obj: Any) -> None:
-    """Write one length-prefixed JSON message."""
-    data = json.dumps(obj).encode()
-    view = memoryview(struct.pack(">I", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def recv(fd: int) -> Any:
-    """Read one length-prefixed JSON message; None at end of stream."""
-    head = _read_exact(fd, 4)
-    if head is None:
-        return None
-    body = _read_exact(fd, struct.unpack(">I", head)[0])
-    return None if body is None else json.loads(body)
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    """Exactly n bytes from fd, or None at end of stream."""
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+class CallerGone(Exception):  # noqa: N818
+    """stdin closed: the executor that started us is gone."""
 
 
 def _preload() -> None:
-    """Import what programs and tests commonly use once, so forked children start warm."""
+    """Import what programs commonly use once, so forked sandboxes start warm."""
     for name in PRELOAD:
         importlib.import_module(name)
+
+
+def _judge_modules() -> None:
+    """What only the judge needs: pytest's approx (or the stand-in when pytest is absent)."""
     try:
-        import pytest  # noqa: F401 - the tests' `from pytest import approx`
+        import pytest  # noqa: F401
     except ImportError:
         from ilf_jax.execute import approx_fallback
 
         sys.modules["pytest"] = approx_fallback
 
 
-def _descendants(root: int) -> list[int]:
-    """Pids of all processes below `root`, from /proc."""
+def descendants(root: int) -> list[int]:
+    """Pids of all processes below `root`, from a scan of /proc (used only without a PID namespace)."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -90,171 +78,369 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def kill_tree(isolated: bool) -> None:
-    """Kill and reap every process this worker started (directly or not), whatever they did."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if isolated:  # we are init of our pid namespace: kill(-1) reaches everyone else in it
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class Sandbox:
+    """One prepared job sandbox as the worker sees it: its init and the worker's/judge's pipe ends."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.uid = _UID_BASE + secrets.randbelow(1 << 30)
+        self.dir = None
+        if not worker.namespaces:
+            self.dir = os.path.join(worker.tmp_root(), str(self.uid))
+            os.mkdir(self.dir, 0o700)
+            if worker.own_uid:
+                os.chown(self.dir, self.uid, self.uid)
+        req_r, self.req_w = os.pipe()
+        self.rep_r, rep_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        self.status_r, status_w = os.pipe()
+        life_r, self.life_w = os.pipe()
+        theirs = [req_r, rep_w, out_w, err_w, status_w, life_r]
+        self.pidfd = -1
+        try:
+            reply, self.pidfd = zygote.spawn(worker.zygote_sock, theirs,
+                                             {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self.pid = int(reply.get("pid") or 0)
+        self.setup_error = str(reply.get("error") or "")
+        self.status_buf = b""
+        self.ready: bool | None = None
+        self.cpu, self.status = 0.0, None
+        self.namespaces, self.own_uid = worker.namespaces, worker.own_uid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Read the init's first word: ready, or the reason the sandbox could not be built."""
+        deadline = time.monotonic() + timeout
+        while self.ready is None and time.monotonic() < deadline:
+            if not select.select([self.status_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            if not self.read_status():
+                break
+        if self.ready is None:
+            self.ready, self.setup_error = False, self.setup_error or "the sandbox did not start"
+
+    def read_status(self) -> bool:
+        """Take what the init wrote (R ready, F reason, C cpu seconds, S wait status); False at end of stream."""
+        chunk = os.read(self.status_r, 4096)
+        if not chunk:
+            return False
+        buf = self.status_buf + chunk
+        while buf:
+            tag = buf[:1]
+            if tag == b"R":
+                self.ready, buf = True, buf[1:]
+            elif tag == b"F":
+                self.ready, self.setup_error, buf = False, buf[1:].decode("utf-8", "replace"), b""
+            elif tag == b"C" and len(buf) >= 9:
+                self.cpu, buf = struct.unpack(">d", buf[1:9])[0], buf[9:]
+            elif tag == b"S" and len(buf) >= 5:
+                self.status, buf = struct.unpack(">i", buf[1:5])[0], buf[5:]
+            elif tag in (b"C", b"S"):
+                break
+            else:
+                raise RuntimeError(f"unexpected status byte {tag!r} from a sandbox init")
+        self.status_buf = buf
+        return True
+
+    def drain_status(self) -> None:
+        """Read whatever the init has written so far, without waiting."""
+        while select.select([self.status_r], [], [], 0)[0] and self.read_status():
+            pass
+
+    def end_processes(self) -> None:
+        """SIGKILL every process of the job (the init last; it is pid 1 of the job's namespace when there is one)."""
+        if self.pidfd < 0:
+            return
+        if not self.namespaces:
+            for _ in range(20):
+                pids = descendants(self.pid)
+                for pid in pids:
+                    _sigkill(pid)
+                if self.own_uid:
+                    _kill_uid(self.uid)
+                if not pids:
+                    break
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """Kill every process of the job, reap the init, close the worker's pipe ends, remove its directory."""
+        if self.pidfd >= 0:
+            self.end_processes()
+            select.select([self.pidfd], [], [], 10.0)  # readable once the init has exited
+            os.close(self.pidfd)
+            self.pidfd = -1
+        for fd in (self.req_w, self.rep_r, self.out_r, self.err_r, self.status_r, self.life_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.req_w = self.rep_r = self.out_r = self.err_r = self.status_r = self.life_w = -1
+        if self.dir is not None:
+            remove_tree(self.dir)
+            self.dir = None
+
+
+def _sigkill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process running as `uid` (a job's own uid: nothing else has it)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
             try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-        else:  # we are a child subreaper: orphans come back to us
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    os.kill(int(name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+
+
+def remove_tree(path: str) -> None:
+    """Remove a job directory without following its links, however deep or odd; never raises."""
+    try:
+        shutil.rmtree(path)
+    except Exception:  # noqa: BLE001 - a deep tree (RecursionError), modes the job set...
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+class Worker:
+    """The worker's state: config, zygote, the spare sandbox, the isolation in force."""
+
+    def __init__(self, cfg: dict[str, Any], proto_in: int, proto_out: int) -> None:
+        self.cfg, self.proto_in, self.proto_out = cfg, proto_in, proto_out
+        self.own_uid = os.geteuid() == 0 and not cfg.get("in_user_namespace", False)
+        cfg["own_uid"] = self.own_uid
+        cfg["limits"]["processes"] = cfg["limits"]["max_processes"] if self.own_uid else (
+            len(os.listdir("/proc")) + cfg["limits"]["max_processes"])
+        self.namespaces = bool(cfg["isolate"])
+        self.fallback_reason = "" if self.namespaces else "isolation turned off"
+        self._tmp: str | None = None
+        self.zygote_pid, self.zygote_sock = zygote.start(cfg, [proto_in, proto_out])
+        self.spare: Sandbox | None = None
+
+    def tmp_root(self) -> str:
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="ilf-exec-")
+            os.chmod(self._tmp, 0o711)
+        return self._tmp
+
+    @property
+    def isolation(self) -> str:
+        return isolation.describe_isolation(self.namespaces, self.own_uid, self.fallback_reason)
+
+    def take_sandbox(self) -> Sandbox:
+        """The spare sandbox (made now if there is none), ready; falls back to no namespaces if they fail."""
+        for _ in range(2):
+            box, self.spare = self.spare or Sandbox(self), None
+            box.wait_ready()
+            if box.ready:
+                return box
+            box.kill()
+            if not self.namespaces:
+                raise RuntimeError(f"the sandbox could not be built: {box.setup_error}")
+            self.namespaces, self.fallback_reason = False, box.setup_error or "unknown"
+        raise RuntimeError("the sandbox could not be built")
+
+    def _reap_strays(self) -> None:
+        """Without a PID namespace, a job's orphans may end up as our children (a subreaper): reap them."""
+        while True:
             try:
-                if os.waitpid(-1, os.WNOHANG) != (0, 0):
-                    continue
+                pid = os.waitpid(-1, os.WNOHANG)[0]
             except ChildProcessError:
                 return
-            for pid in _descendants(os.getpid()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            if not isolated:
+            if not pid:
                 return
 
-
-def _wait(pid: int, timeout: float) -> tuple[int, bool]:
-    """Wait for the child up to `timeout` s; kill its group on expiry. Returns (wait status, timed out)."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        ready, _, _ = select.select([pidfd], [], [], timeout)
-    finally:
-        os.close(pidfd)
-    if not ready:
-        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-            try:
-                kill()
-            except ProcessLookupError:
-                pass
-    return os.waitpid(pid, 0)[1], not ready
-
-
-def _read_all(fd: int) -> bytes:
-    """What is left in a pipe whose writers are all gone (capped)."""
-    os.set_blocking(fd, False)
-    chunks, size = [], 0
-    while size < _REPORT_CAP:
+    def close(self) -> None:
+        if self.spare is not None:
+            self.spare.kill()
+            self.spare = None
+        self.zygote_sock.close()
         try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+            os.kill(self.zygote_pid, signal.SIGKILL)
+            os.waitpid(self.zygote_pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        if self._tmp is not None:
+            remove_tree(self._tmp)
 
-
-def _tail(path: str, n: int = 600) -> str:
-    """Last n bytes of a file as text ('' if unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
-            return f.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def verdict(status: int, timed_out: bool, data: bytes, nonce: str, cfg: dict[str, Any], stderr: str) -> tuple[str, str]:
-    """(verdict, error text) from how the child ended and what reached the result channel."""
-    limits = cfg["limits"]
-    if timed_out:
-        return "timeout", f"Timeout: the program ran longer than {cfg['timeout']:g} s"
-    extra = f"\nstderr: {stderr[-400:]}" if stderr else ""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXFSZ:
-            return "output_limit", f"OutputLimit: output or files over {limits['output_kb']} KiB"
-        if sig == signal.SIGXCPU:
-            return "timeout", f"Timeout: the program used more than {limits['cpu_s']} s of CPU"
-        return "crash", f"Crash: killed by signal {signal.Signals(sig).name}{extra}"
-    rc = os.waitstatus_to_exitcode(status)
-    try:
-        report = json.loads(data) if data else None
-    except ValueError:
-        report = "garbled"
-    if isinstance(report, dict) and set(report) <= {"kind", "error", "nonce"}:
-        kind, error = report.get("kind"), report.get("error")
-        if kind == "passed" and rc == sandbox.RC_PASS and report.get("nonce") == nonce and isinstance(error, str):
-            return "passed", ""
-        if kind in ("failed", "error", "syntax_error", "memory") and rc == sandbox.RC_REPORTED and "nonce" not in report:
-            return kind, str(error)
-    if report is not None or rc in (sandbox.RC_PASS, sandbox.RC_REPORTED):
-        return "error", "Error: the program tampered with the test harness's result channel"
-    if rc == _RC_HARNESS:
-        return "error", f"Error: the test harness could not run the program{extra}"
-    return "error", f"Error: the program exited (status {rc}) before the tests finished{extra}"
-
-
-def run_job(wire: dict[str, Any], cfg: dict[str, Any], devnull: int) -> dict[str, Any]:
-    """Fork a limited child for one job and return its verdict record."""
-    isolated, drop = cfg["isolated"], cfg["drop_privileges"]
-    jobdir = tempfile.mkdtemp(dir=cfg["root"])
-    work = os.path.join(jobdir, "w")
-    os.mkdir(work, 0o700)
-    if drop:
-        os.chown(jobdir, cfg["uid"], cfg["uid"])
-        os.chown(work, cfg["uid"], cfg["uid"])
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    out_fd = os.open(os.path.join(jobdir, "stdout"), flags, 0o600)
-    err_fd = os.open(os.path.join(jobdir, "stderr"), flags, 0o600)
-    nonce = secrets.token_hex(16)
-    nonce_r, nonce_w = os.pipe()
-    os.write(nonce_w, nonce.encode())
-    os.close(nonce_w)
-    report_r, report_w = os.pipe()
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """One job, start to verdict; a failure on this side is `harness_error` for this job."""
+        start = time.monotonic()
         try:
-            os.dup2(devnull, 0)
-            os.dup2(out_fd, 1)
-            os.dup2(err_fd, 2)
-            keep = sorted({nonce_r, report_w})
-            os.closerange(3, keep[0])
-            os.closerange(keep[0] + 1, keep[1])
-            os.closerange(keep[1] + 1, 1 << 16)
-            os.chdir(work)
-            os.environ.update(HOME=work, TMPDIR=work, TMP=work, TEMP=work)
-            sandbox.set_limits(cfg["limits"], cfg["uid"] if drop else None)
-            import faulthandler
-
-            faulthandler.enable()
-            sandbox.run_child(wire, nonce_r, report_w, cfg)
+            return self._run(job, start)
+        except CallerGone:
+            raise
+        except Exception as e:  # noqa: BLE001 - the harness never dies on one job
+            return {"verdict": "harness_error", "error": f"HarnessError: {type(e).__name__}: {e}"[:500],
+                    "duration_s": round(time.monotonic() - start, 4), "cpu_s": 0.0, "isolation": self.isolation}
         finally:
-            os._exit(_RC_HARNESS)
-    for fd in (nonce_r, report_w, out_fd, err_fd):
-        os.close(fd)
-    status, timed_out = _wait(pid, cfg["timeout"])
-    duration = time.monotonic() - start
-    kill_tree(isolated)
-    data = _read_all(report_r)
-    os.close(report_r)
-    name, error = verdict(status, timed_out, data, nonce, cfg, _tail(os.path.join(jobdir, "stderr")))
-    _remove(jobdir)
-    return {"verdict": name, "error": error, "duration_s": round(duration, 4)}
+            if not self.namespaces:
+                self._reap_strays()
 
-
-def _remove(path: str) -> None:
-    """rmtree that also copes with files the program made unreadable or already deleted."""
-    def fix(func: Any, p: str, _exc: Any) -> None:
+    def _run(self, job: dict[str, Any], start: float) -> dict[str, Any]:
+        box = self.take_sandbox()
         try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-        except OSError:
-            pass
-        try:
-            (os.rmdir if os.path.isdir(p) and not os.path.islink(p) else os.unlink)(p)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            shutil.rmtree(p, ignore_errors=True)
+            watch = Supervisor(self, box, start)
+            try:
+                self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
+            except OSError:
+                self.spare = None
+            outcome = judge(job, watch, self.cfg)
+            if outcome["kind"] == "gone" and not watch.stopped:
+                watch.wait_status()
+            watch.finish()
+            if watch.stopped == "caller":
+                raise CallerGone()
+            verdict, error = self._verdict(outcome, watch)
+        finally:
+            duration = time.monotonic() - start
+            box.kill()
+        return {"verdict": verdict, "error": error, "duration_s": round(duration, 4), "cpu_s": round(watch.cpu, 3),
+                "isolation": self.isolation}
 
-    shutil.rmtree(path, onerror=fix)
+    def _verdict(self, outcome: dict[str, str], watch: Supervisor) -> tuple[str, str]:
+        cfg = self.cfg
+        over_output = f"OutputLimit: output or files over {cfg['limits']['output_kb']} KiB"
+        if watch.stopped == "cpu" or watch.cpu > cfg["timeout"]:
+            return "timeout", f"Timeout: the program ran longer than {cfg['timeout']:g} s"
+        if watch.stopped == "wall":
+            return "timeout", f"Timeout: the program ran longer than {cfg['wall_timeout']:g} s of wall-clock time"
+        if watch.stopped == "output":
+            return "output_limit", over_output
+        kind, error = str(outcome.get("kind")), str(outcome.get("error", ""))
+        if kind not in ("gone", "stopped"):
+            return kind, error
+        status = watch.box.status
+        stderr = watch.stderr.decode("utf-8", "replace").strip()
+        extra = f"\nstderr: {stderr[-400:]}" if stderr else ""
+        if status is None:
+            return "harness_error", "HarnessError: the program's channel closed and its exit status is unknown"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXFSZ:
+                return "output_limit", over_output
+            if sig == signal.SIGXCPU:
+                return "timeout", f"Timeout: the program ran longer than {cfg['timeout']:g} s"
+            return "crash", f"Crash: killed by {_signal_name(sig)}{extra}"
+        code = os.waitstatus_to_exitcode(status)
+        return "error", f"Error: the program exited (status {code}) before the tests finished{extra}"
+
+
+class Supervisor:
+    """The judge's transport to a job's program, and the job's watchdog.
+
+    While the judge waits to send or receive, it drains the program's stdout/stderr (counting the
+    bytes), follows the CPU time the init reports, notices the program's exit and the caller going
+    away, and ends the job (raising `Stopped` into the judge) at the CPU, wall-clock or output limit.
+    """
+
+    def __init__(self, worker: Worker, box: Sandbox, start: float) -> None:
+        self.worker, self.box, self.cfg = worker, box, worker.cfg
+        self.deadline = start + self.cfg["wall_timeout"]
+        self.out_cap = self.cfg["limits"]["output_kb"] * 1024
+        box.drain_status()
+        self.cpu0, self.cpu = box.cpu, 0.0
+        self.out_bytes, self.stderr = 0, b""
+        self.stopped = ""
+        self.buf = b""
+        for fd in (box.req_w, box.rep_r):
+            os.set_blocking(fd, False)
+        self.watched = [box.out_r, box.err_r, box.status_r, worker.proto_in]
+
+    def _stop(self, reason: str) -> None:
+        self.stopped = self.stopped or reason
+        raise Stopped(reason)
+
+    def _round(self, read: list[int], write: list[int]) -> tuple[list[int], list[int]]:
+        """One select round; handles everything but the channel; raises Stopped at a limit."""
+        if self.stopped:
+            raise Stopped(self.stopped)
+        box = self.box
+        r, w, _ = select.select(read + self.watched, write, [], max(0.0, self.deadline - time.monotonic()))
+        if self.worker.proto_in in r:
+            self._stop("caller")
+        for fd in (box.out_r, box.err_r):
+            if fd in r:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    self.watched.remove(fd)
+                self.out_bytes += len(chunk)
+                if fd == box.err_r:
+                    self.stderr = (self.stderr + chunk)[-_STDERR_TAIL:]
+        if box.status_r in r:
+            if not box.read_status():
+                self.watched.remove(box.status_r)
+            if box.status is not None:
+                box.end_processes()  # the program ended: nothing of the job may outlive it
+        self.cpu = box.cpu - self.cpu0
+        if self.out_bytes > self.out_cap:
+            self._stop("output")
+        if self.cpu > self.cfg["timeout"]:
+            self._stop("cpu")
+        if time.monotonic() >= self.deadline:
+            self._stop("wall")
+        return [fd for fd in r if fd in read], [fd for fd in w if fd in write]
+
+    def send(self, obj: Any) -> None:
+        data = wire.frame(obj)
+        while data:
+            if self.box.req_w in self._round([], [self.box.req_w])[1]:
+                try:
+                    data = data[os.write(self.box.req_w, data):]
+                except BlockingIOError:
+                    continue
+
+    def recv(self, cap: int) -> Any:
+        while True:
+            msg, self.buf = wire.unframe(self.buf, cap)
+            if msg is not wire.INCOMPLETE:
+                return msg
+            if self.box.rep_r in self._round([self.box.rep_r], [])[0]:
+                try:
+                    chunk = os.read(self.box.rep_r, 1 << 20)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return None
+                self.buf += chunk
+
+    def wait_status(self) -> None:
+        """After the channel closed: wait (within the limits) for the program's exit status."""
+        try:
+            while self.box.status is None and self.box.status_r in self.watched:
+                self._round([], [])
+        except Stopped:
+            pass
+
+    def finish(self) -> None:
+        """The last CPU report and what is left of stderr (a fault's report), without waiting."""
+        self.box.drain_status()
+        self.cpu = max(self.cpu, self.box.cpu - self.cpu0)
+        for _ in range(16):
+            if self.box.err_r not in self.watched or not select.select([self.box.err_r], [], [], 0)[0]:
+                break
+            chunk = os.read(self.box.err_r, 1 << 16)
+            if not chunk:
+                break
+            self.stderr = (self.stderr + chunk)[-_STDERR_TAIL:]
 
 
 def main() -> None:
@@ -262,24 +448,30 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: children cannot ptrace their worker
-    cfg["isolated"] = os.getpid() == 1
-    cfg["uid"] = secrets.randbelow(1 << 20) + (1 << 20)  # a uid of its own: no other process shares it
-    if not cfg["isolated"]:
-        libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren come back to us
-    if cfg["drop_privileges"] or cfg["isolated"]:
-        cfg["limits"]["processes"] = cfg["limits"]["max_processes"]
-    else:  # RLIMIT_NPROC counts all of this user's processes on the machine
-        cfg["limits"]["processes"] = len(_descendants(1)) + cfg["limits"]["max_processes"]
+    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
+    isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # each job's init is re-parented to us
     _preload()
-    send(proto_out, {"ready": True, "isolated": cfg["isolated"]})
-    while (wire := recv(proto_in)) is not None:
-        sys.stdout.flush()
-        send(proto_out, run_job(wire, cfg, devnull))
+    worker = Worker(cfg, proto_in, proto_out)  # forks the zygote: before any job data, before pytest
+    judge_bytes = cfg["judge_memory_mb"] << 20
+    resource.setrlimit(resource.RLIMIT_AS, (judge_bytes, judge_bytes))  # the judge runs here: bounded
+    try:
+        _judge_modules()
+        worker.spare = worker.take_sandbox()  # find out which isolation this kernel gives us
+    except Exception as e:  # noqa: BLE001
+        wire.send(proto_out, {"ready": False, "error": f"{type(e).__name__}: {e}"})
+        worker.close()
+        return
+    wire.send(proto_out, {"ready": True, "isolation": worker.isolation})
+    try:
+        while (job := wire.recv(proto_in)) is not None:
+            wire.send(proto_out, worker.run(job))
+    except (CallerGone, OSError):
+        pass
+    finally:
+        worker.close()
 
 
 if __name__ == "__main__":

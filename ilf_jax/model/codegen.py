@@ -2,32 +2,37 @@
 
 Parameters carry logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`) so that one rule
 table shards them; the KV cache is an explicit pytree argument and return value. `.apply` is
-called only here: the rest of the project uses `init_params`, `forward` and `init_cache`.
+called only in the model package: the rest of the project uses `init_params`, `forward` and `init_cache`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ilf_jax.model.common import (
+    Cache,
+    Constrain,
+    LinenModel,
+    Params,
+    attend,
+    causal_mask,
+    empty_cache,
+    lm_head_logits,
+    no_constraint,
+    positions_from_mask,
+    run_blocks,
+    segment_mask,
+)
 from ilf_jax.model.config import CodeGenConfig
 
-Params = Any  # a nested dict of arrays
-Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, heads, slots, head_dim]
 # Logical names of a cache entry's dims. Heads before slots: the decode step then reads the cache
 # in the layout attention uses, with no per-step transpose of the whole cache.
 CACHE_AXES = ("act_batch", "act_heads", None, None)
-Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
-
-_NEG = float(jnp.finfo(jnp.float32).min)
-
-
-def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    return x
+__all__ = ["CACHE_AXES", "Cache", "CodeGen", "Constrain", "Params", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask", "segment_mask"]
 
 
 def _init(std: float = 0.02) -> Callable:
@@ -86,10 +91,7 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
         # Scores and softmax in fp32, as the reference does, whatever the compute dtype.
-        scores = jnp.matmul(q.astype(jnp.float32), k.astype(jnp.float32).transpose(0, 1, 3, 2))
-        scores = jnp.where(mask[:, None], scores * (1.0 / math.sqrt(cfg.head_dim)), _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        attn = jnp.matmul(probs, v.astype(dtype)).transpose(0, 2, 1, 3).reshape(b * t, -1)
+        attn = attend(q, k, v, mask, dtype).reshape(b * t, -1)
         return (attn @ out_w.astype(dtype).reshape(-1, e)).reshape(b, t, e), new_cache
 
 
@@ -157,17 +159,12 @@ class CodeGen(nn.Module):
         x = jnp.take(embed, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
         x = self.constrain(x, ("act_batch", "act_length", "act_embed"))
         sin, cos = rotary_tables(positions, cfg.rotary_dim)
-        block = nn.remat(Block, static_argnums=()) if cfg.remat else Block
-        new_cache = []
-        for i in range(cfg.n_layer):
-            layer_cache = None if cache is None else cache[i]
-            x, c = block(cfg, self.constrain, name=f"h_{i}")(x, sin, cos, mask, layer_cache, cache_index)
-            new_cache.append(c)
+        x, new_cache = run_blocks(Block, cfg, self.constrain, "h_", x, sin, cos, mask, cache, cache_index)
         if last_only:  # a prefill needs the next-token logits of the last position only
             x = x[:, -1:]
         x = _layer_norm(cfg, "ln_f")(x).astype(jnp.dtype(cfg.dtype))
         if hidden_only and not self.is_initializing():  # the caller applies lm_head itself (fused loss)
-            return x, (None if cache is None else new_cache)
+            return x, new_cache
         logits = nn.Dense(
             cfg.vocab_size,
             dtype=jnp.dtype(cfg.dtype),
@@ -177,86 +174,16 @@ class CodeGen(nn.Module):
             name="lm_head",
         )(x)
         logits = self.constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
-        return logits, (None if cache is None else new_cache)
+        return logits, new_cache
 
 
-def causal_mask(valid: jax.Array) -> jax.Array:
-    """[B, T, T] attention mask from a [B, T] validity mask (left padding): causal and no pads."""
-    t = valid.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return causal[None] & valid[:, None, :].astype(bool)
-
-
-def positions_from_mask(valid: jax.Array) -> jax.Array:
-    """Position ids that start at 0 on each row's first real token (left padding gets 0)."""
-    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
-
-
-def _abstract_init(config: CodeGenConfig):
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return lambda rng: CodeGen(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
-
-
-def param_specs(config: CodeGenConfig) -> Params:
-    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s of logical names."""
-    boxed = jax.eval_shape(_abstract_init(config), jax.random.key(0))
-    return nn.get_partition_spec(boxed)
-
-
-def abstract_params(config: CodeGenConfig) -> Params:
-    """Shapes and dtypes of every parameter (`jax.ShapeDtypeStruct`s), with nothing allocated."""
-    return nn.meta.unbox(jax.eval_shape(_abstract_init(config), jax.random.key(0)))
-
-
-def init_params(config: CodeGenConfig, rng: jax.Array) -> Params:
-    """Random parameters (normal(0.02) weights, zero biases, unit norms), as a plain pytree."""
-    return nn.meta.unbox(_abstract_init(config)(rng))
-
-
-def forward(
-    params: Params,
-    tokens: jax.Array,
-    config: CodeGenConfig,
-    *,
-    positions: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    valid: jax.Array | None = None,
-    cache: Cache | None = None,
-    cache_index: jax.Array | int = 0,
-    constrain: Constrain = no_constraint,
-    last_only: bool = False,
-    hidden_only: bool = False,
-) -> tuple[jax.Array, Cache | None]:
-    """Logits [B, T, vocab] (fp32; [B, 1, vocab] with `last_only`) and the updated cache.
-
-    With `hidden_only`, the final hidden states [B, T, E] (compute dtype) instead of logits, for
-    callers that apply `params["lm_head"]` themselves (see `lm_head_logits`).
-
-    Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
-    cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
-    written at `cache_index`.
-    """
-    if mask is None:
-        if valid is None:
-            valid = jnp.ones(tokens.shape, bool)
-        mask = causal_mask(valid)
-        if positions is None:
-            positions = positions_from_mask(valid)
-    if positions is None:
-        raise ValueError("forward: pass positions together with an explicit mask")
-    return CodeGen(config, constrain).apply(
-        {"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only
-    )
-
-
-def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array, config: CodeGenConfig) -> jax.Array:
-    """fp32 logits from final hidden states, computed exactly as the module's lm_head does."""
-    dtype = jnp.dtype(config.dtype)
-    return (hidden.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)).astype(jnp.float32)
+_MODEL = LinenModel(CodeGen)
+param_specs = _MODEL.param_specs
+abstract_params = _MODEL.abstract_params
+init_params = _MODEL.init_params
+forward = _MODEL.forward
 
 
 def init_cache(config: CodeGenConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
     """An empty KV cache with `slots` positions per row, in the compute dtype by default."""
-    dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, config.n_head, slots, config.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
+    return empty_cache(config.n_layer, batch, config.n_head, slots, config.head_dim, jnp.dtype(dtype or config.dtype))

@@ -47,6 +47,14 @@ class CodeGenConfig:
                 raise IlfError(f"{name}={getattr(self, name)!r} must be one of {_DTYPES}")
 
     @property
+    def model_type(self) -> str:
+        return "codegen"
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.n_head
+
+    @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
@@ -80,19 +88,8 @@ class CodeGenConfig:
     @classmethod
     def from_file(cls, path: str | pathlib.Path) -> CodeGenConfig:
         """Read an HF `config.json`, a directory holding one, or one of our YAML model configs."""
-        path = pathlib.Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise IlfError(f"{path}: config file not found")
-        try:
-            text = path.read_text()
-            d = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise IlfError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {e}".splitlines()[0]) from None
-        if not isinstance(d, dict):
-            raise IlfError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict(d, source=str(path))
+        d, source = read_model_file(path)
+        return cls.from_dict(d, source=source)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF `config.json` content that `transformers.CodeGenForCausalLM` loads."""
@@ -117,3 +114,20 @@ class CodeGenConfig:
             "attn_pdrop": 0.0,
             "torch_dtype": self.param_dtype,
         }
+
+
+def read_model_file(path: str | pathlib.Path) -> tuple[dict[str, Any], str]:
+    """(fields, source name) of an HF `config.json`, a directory holding one, or a YAML model config."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise IlfError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+        d = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise IlfError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {e}".splitlines()[0]) from None
+    if not isinstance(d, dict):
+        raise IlfError(f"{path}: expected a mapping of config fields")
+    return d, str(path)

@@ -1,15 +1,16 @@
-"""HF CodeGen directory <-> our parameter pytree, one tensor at a time.
+"""HF model directory (any supported family) <-> our parameter pytree, one tensor at a time.
 
 Import reads `model.safetensors`, sharded safetensors with an index, `pytorch_model.bin` or
-sharded `.bin` (torch needed only for `.bin`), transforms each tensor by the weight map and
-places it straight into its sharding. Export streams our parameters into safetensors + config.
+sharded `.bin` (torch needed only for `.bin`), transforms each tensor by the family's weight map
+and places it straight into its sharding. Export streams our parameters into safetensors (sharded
+with an index above `max_shard_bytes`) + config.
 
 Multi-host: every process calls `load_hf_params` with the same global shardings. For tensors whose
 transform is a plain copy or a transpose (embeddings, norms, MLP kernels and biases, lm_head), a
 process reads only the rows of the HF tensor's leading axis that its devices hold (a bounding
-range; the whole tensor when its devices hold every row). The fused `qkv_proj` and `out_proj`
-tensors are reshuffled across their leading axis, so each process reads them whole, one tensor
-at a time (at most one layer's attention weights on the host at once).
+range; the whole tensor when its devices hold every row). Attention projections are reshaped
+into explicit heads across their leading axis, so each process reads them whole, one tensor at
+a time (at most one layer's attention weights on the host at once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,9 @@ import numpy as np
 from jax.sharding import Sharding
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig, ignored_suffixes, weight_map
 from ilf_jax.model.safetensors_io import SafetensorsFile, write_safetensors
-from ilf_jax.model.weight_map import IGNORED_SUFFIXES, leading_axis, weight_map
+from ilf_jax.model.weight_map import leading_axis
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -36,7 +37,10 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "added_tokens.json",
+    "tokenizer.model",
+    "chat_template.jinja",
 )
+DEFAULT_SHARD_BYTES = 4 * 2**30  # export writes model-0000i-of-0000n.safetensors + index above this
 
 
 class TensorSource:
@@ -175,12 +179,12 @@ def _place_rows(source: TensorSource, entry: Any, dtype: Any, sharding: Sharding
 
 def load_hf_params(
     directory: str | pathlib.Path,
-    config: CodeGenConfig,
+    config: ModelConfig,
     shardings: Any | None = None,
     progress: Callable[[str], None] | None = None,
     source: TensorSource | None = None,
 ) -> Any:
-    """Read an HF CodeGen checkpoint into our pytree, each leaf placed into its sharding as read.
+    """Read an HF checkpoint of `config`'s family into our pytree, each leaf placed into its sharding as read.
 
     With shardings and several processes, each process reads only the rows it needs where the
     transform allows (see the module docstring). `source` may be passed to inspect `bytes_read`.
@@ -189,9 +193,9 @@ def load_hf_params(
     sliced = shardings is not None and jax.process_count() > 1
     entries = weight_map(config)
     expected = {e.hf_name for e in entries}
-    unknown = [k for k in source.keys() if k not in expected and not k.endswith(IGNORED_SUFFIXES)]
+    unknown = [k for k in source.keys() if k not in expected and not k.endswith(ignored_suffixes(config))]
     if unknown:
-        raise IlfError(f"{source.file_of(unknown[0])}: unexpected tensor {unknown[0]!r} for a CodeGen model ({len(unknown)} in all)")
+        raise IlfError(f"{source.file_of(unknown[0])}: unexpected tensor {unknown[0]!r} for a {config.model_type} model ({len(unknown)} in all)")
     dtype = jnp.dtype(config.param_dtype)
     params: dict = {}
     for entry in entries:
@@ -217,9 +221,15 @@ def load_hf_params(
 
 
 def export_hf(
-    params: Any, config: CodeGenConfig, out_dir: str | pathlib.Path, tokenizer_dir: str | pathlib.Path | None = None
+    params: Any,
+    config: ModelConfig,
+    out_dir: str | pathlib.Path,
+    tokenizer_dir: str | pathlib.Path | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> pathlib.Path:
-    """Write `config.json` + `model.safetensors` (+ tokenizer files) that transformers loads.
+    """Write `config.json` + safetensors (+ tokenizer files) that transformers loads: one
+    `model.safetensors`, or shards of at most `max_shard_bytes` (a tensor never splits) with
+    `model.safetensors.index.json`.
 
     Multi-process: every process calls it (fetching a leaf that spans processes is collective),
     one tensor at a time; only process 0 writes."""
@@ -227,23 +237,43 @@ def export_hf(
 
     out_dir = pathlib.Path(out_dir)
     dtype = np.dtype(jnp.dtype(config.param_dtype))
+    entries = weight_map(config)
     if jax.process_index() != 0:
-        for entry in weight_map(config):  # take part in the collectives, in the writer's order
+        for entry in entries:  # take part in the collectives, in the writer's order
             fetch_host(_get(params, entry.path))
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    def tensors() -> Iterator:
-        for entry in weight_map(config):
+    shards = _shard(entries, dtype.itemsize, max_shard_bytes)
+    names = ["model.safetensors"] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        tensors = []
+        for entry in shard:
             leaf = _get(params, entry.path)
             fetch = lambda leaf=leaf, entry=entry: entry.to_hf(fetch_host(leaf))  # noqa: E731
-            yield entry.hf_name, entry.hf_shape, dtype, fetch
-
-    write_safetensors(out_dir / "model.safetensors", tensors(), metadata={"format": "pt"})
+            tensors.append((entry.hf_name, entry.hf_shape, dtype, fetch))
+        write_safetensors(out_dir / name, tensors, metadata={"format": "pt"})
+    if len(shards) > 1:
+        total = sum(int(np.prod(e.hf_shape)) * dtype.itemsize for e in entries)
+        index = {"metadata": {"total_size": total}, "weight_map": {e.hf_name: n for n, shard in zip(names, shards) for e in shard}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out_dir)
     return out_dir
+
+
+def _shard(entries: list, itemsize: int, max_bytes: int) -> list[list]:
+    """Consecutive groups of entries of at most `max_bytes` each (a larger tensor gets its own)."""
+    shards: list[list] = [[]]
+    size = 0
+    for entry in entries:
+        nbytes = int(np.prod(entry.hf_shape)) * itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
 
 
 def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> None:

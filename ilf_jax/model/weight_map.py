@@ -30,20 +30,20 @@ class Entry:
     hf_shape: tuple[int, ...]
 
 
-def _same(x: np.ndarray) -> np.ndarray:
+def same(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _transpose(x: np.ndarray) -> np.ndarray:
+def transpose(x: np.ndarray) -> np.ndarray:
     return x.T
 
 
 def leading_axis(entry: Entry) -> int | None:
     """Which of our array's axes is the HF tensor's leading axis, for entries whose transform
     commutes with slicing that axis (plain and transposed); None for the reshuffled ones (qkv, out)."""
-    if entry.to_jax is _same:
+    if entry.to_jax is same:
         return 0
-    if entry.to_jax is _transpose and len(entry.hf_shape) == 2:
+    if entry.to_jax is transpose and len(entry.hf_shape) == 2:
         return 1
     return None
 
@@ -69,23 +69,28 @@ def weight_map(cfg: CodeGenConfig) -> list[Entry]:
     qkv_to_jax, qkv_to_hf = _qkv_entries(cfg)
     out_to_jax = lambda w: w.T.reshape(h, d, e)  # noqa: E731
     out_to_hf = lambda w: w.reshape(h * d, e).T  # noqa: E731
-    entries = [Entry(("wte",), "transformer.wte.weight", _same, _same, (v, e))]
+    entries = [Entry(("wte",), "transformer.wte.weight", same, same, (v, e))]
     for i in range(cfg.n_layer):
         p, hf = f"h_{i}", f"transformer.h.{i}"
         entries += [
-            Entry((p, "ln_1", "scale"), f"{hf}.ln_1.weight", _same, _same, (e,)),
-            Entry((p, "ln_1", "bias"), f"{hf}.ln_1.bias", _same, _same, (e,)),
+            Entry((p, "ln_1", "scale"), f"{hf}.ln_1.weight", same, same, (e,)),
+            Entry((p, "ln_1", "bias"), f"{hf}.ln_1.bias", same, same, (e,)),
             Entry((p, "attn", "qkv"), f"{hf}.attn.qkv_proj.weight", qkv_to_jax, qkv_to_hf, (3 * e, e)),
             Entry((p, "attn", "out"), f"{hf}.attn.out_proj.weight", out_to_jax, out_to_hf, (e, e)),
-            Entry((p, "mlp", "fc_in", "kernel"), f"{hf}.mlp.fc_in.weight", _transpose, _transpose, (inner, e)),
-            Entry((p, "mlp", "fc_in", "bias"), f"{hf}.mlp.fc_in.bias", _same, _same, (inner,)),
-            Entry((p, "mlp", "fc_out", "kernel"), f"{hf}.mlp.fc_out.weight", _transpose, _transpose, (e, inner)),
-            Entry((p, "mlp", "fc_out", "bias"), f"{hf}.mlp.fc_out.bias", _same, _same, (e,)),
+            Entry((p, "mlp", "fc_in", "kernel"), f"{hf}.mlp.fc_in.weight", transpose, transpose, (inner, e)),
+            Entry((p, "mlp", "fc_in", "bias"), f"{hf}.mlp.fc_in.bias", same, same, (inner,)),
+            Entry((p, "mlp", "fc_out", "kernel"), f"{hf}.mlp.fc_out.weight", transpose, transpose, (e, inner)),
+            Entry((p, "mlp", "fc_out", "bias"), f"{hf}.mlp.fc_out.bias", same, same, (e,)),
         ]
     entries += [
-        Entry(("ln_f", "scale"), "transformer.ln_f.weight", _same, _same, (e,)),
-        Entry(("ln_f", "bias"), "transformer.ln_f.bias", _same, _same, (e,)),
-        Entry(("lm_head", "kernel"), "lm_head.weight", _transpose, _transpose, (v, e)),
-        Entry(("lm_head", "bias"), "lm_head.bias", _same, _same, (v,)),
+        Entry(("ln_f", "scale"), "transformer.ln_f.weight", same, same, (e,)),
+        Entry(("ln_f", "bias"), "transformer.ln_f.bias", same, same, (e,)),
+        Entry(("lm_head", "kernel"), "lm_head.weight", transpose, transpose, (v, e)),
+        Entry(("lm_head", "bias"), "lm_head.bias", same, same, (v,)),
     ]
     return entries
+
+
+def ignored_suffixes(cfg: CodeGenConfig) -> tuple[str, ...]:
+    """Tensor names a CodeGen checkpoint may hold that we do not load."""
+    return IGNORED_SUFFIXES

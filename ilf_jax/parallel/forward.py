@@ -7,12 +7,11 @@ from typing import Callable
 import jax
 from jax.sharding import Mesh
 
-from ilf_jax.model.codegen import forward
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig, forward
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, batch_sharding, constrainer, logical_sharding, param_shardings
 
 
-def sharded_forward(config: CodeGenConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Callable:
+def sharded_forward(config: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Callable:
     """jit(params, tokens [B,T], valid [B,T]) -> logits [B,T,V], batch-sharded in and out."""
     constrain = constrainer(mesh, rules)
 

@@ -3,7 +3,7 @@
 Parameters and optimizer state are split by the same rule table the real run uses; activations
 are the residuals that `jax.vjp` keeps for the backward pass of one micro-batch on one replica;
 the KV cache is the sampling engine's (decode slots x a bucketed ring), slots over ('data', 'fsdp')
-and heads over 'tensor'. It runs on
+and (kv) heads over 'tensor'. It runs on
 any machine: the mesh is abstract, so a pod can be planned before it is rented.
 """
 
@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from ilf_jax.model.codegen import CACHE_AXES, abstract_params, init_cache, param_specs
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig, abstract_params, cache_axes, init_cache, param_specs
 from ilf_jax.parallel.mesh import AXES
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, logical_spec
 
@@ -38,7 +37,7 @@ def shard_bytes(shape: Sequence[int], dtype: Any, spec: PartitionSpec, mesh: Abs
     return math.prod(dims) * jnp.dtype(dtype).itemsize
 
 
-def _param_spec_tree(config: CodeGenConfig, mesh: AbstractMesh, rules: Rules) -> Any:
+def _param_spec_tree(config: ModelConfig, mesh: AbstractMesh, rules: Rules) -> Any:
     return jax.tree.map(
         lambda names, s: logical_spec(tuple(names), s.shape, mesh, rules),
         param_specs(config),
@@ -47,14 +46,14 @@ def _param_spec_tree(config: CodeGenConfig, mesh: AbstractMesh, rules: Rules) ->
     )
 
 
-def param_bytes(config: CodeGenConfig, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+def param_bytes(config: ModelConfig, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device bytes of the parameters."""
     specs, shapes = _param_spec_tree(config, mesh, rules), abstract_params(config)
     leaves = jax.tree.leaves(jax.tree.map(lambda s, sp: shard_bytes(s.shape, s.dtype, sp, mesh), shapes, specs, is_leaf=lambda x: isinstance(x, PartitionSpec)))
     return sum(leaves)
 
 
-def optimizer_bytes(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+def optimizer_bytes(config: ModelConfig, tx: optax.GradientTransformation, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device bytes of the optimizer state (moments split like their parameters)."""
     shapes = jax.eval_shape(tx.init, abstract_params(config))
     specs = optax.tree_map_params(
@@ -69,7 +68,7 @@ def optimizer_bytes(config: CodeGenConfig, tx: optax.GradientTransformation, mes
     return sum(jax.tree.leaves(sizes))
 
 
-def _residual_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
+def _residual_bytes(config: ModelConfig, rows: int, seq_len: int) -> int:
     from ilf_jax.train.step import loss_sums
 
     spec = lambda dtype: jax.ShapeDtypeStruct((rows, seq_len), dtype)  # noqa: E731
@@ -78,7 +77,7 @@ def _residual_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
     return sum(math.prod(r.shape) * jnp.dtype(r.dtype).itemsize for r in jax.tree.leaves(vjp_fn))
 
 
-def activation_bytes(config: CodeGenConfig, rows: int, seq_len: int) -> int:
+def activation_bytes(config: ModelConfig, rows: int, seq_len: int) -> int:
     """Bytes of the residuals the backward pass keeps for `rows` sequences of `seq_len` on one replica.
 
     The vjp closure also holds the weights; they do not grow with the batch, so the per-row part
@@ -100,13 +99,13 @@ def cache_bucket(length: int) -> int:
     return size
 
 
-def cache_bytes(config: CodeGenConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+def cache_bytes(config: ModelConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device bytes of a KV cache for `batch` rows of `slots` positions."""
     cache = jax.eval_shape(lambda: init_cache(config, batch, slots))
-    return sum(shard_bytes(c.shape, c.dtype, logical_spec(CACHE_AXES, c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
+    return sum(shard_bytes(c.shape, c.dtype, logical_spec(cache_axes(config), c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
 
 
-def engine_cache_bytes(config: CodeGenConfig, slots: int, positions: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+def engine_cache_bytes(config: ModelConfig, slots: int, positions: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
     """Per-device peak bytes of the sampling engine's cache for `slots` decode slots and rows of `positions`
     (prompt + new tokens): the ring at its largest bucket, one layer's K or V of the bucket below while
     the ring grows into it (it moves one array at a time), and one prompt's prefilled KV."""
@@ -118,7 +117,7 @@ def engine_cache_bytes(config: CodeGenConfig, slots: int, positions: int, mesh: 
 
 
 def plan(
-    config: CodeGenConfig,
+    config: ModelConfig,
     mesh_shape: Sequence[int],
     tx: optax.GradientTransformation,
     micro_batch: int,

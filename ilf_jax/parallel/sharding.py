@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ilf_jax.model.codegen import Constrain, abstract_params, param_specs
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.common import Constrain
+from ilf_jax.model.family import ModelConfig, abstract_params, param_specs
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -24,6 +24,7 @@ DEFAULT_RULES: Rules = (
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query k/v heads: split only where the tensor axis divides them
     ("mlp", "tensor"),
     ("kv", None),
     ("norm", None),
@@ -32,6 +33,7 @@ DEFAULT_RULES: Rules = (
     ("act_embed", None),
     ("act_vocab", "tensor"),
     ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
 )
 
 
@@ -63,7 +65,7 @@ def logical_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Me
     return NamedSharding(mesh, logical_spec(names, shape, mesh, rules))
 
 
-def param_shardings(config: CodeGenConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+def param_shardings(config: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
     """A pytree of NamedShardings for every parameter, derived from `jax.eval_shape` of init."""
     specs, shapes = param_specs(config), abstract_params(config)
     return jax.tree.map(
@@ -72,6 +74,12 @@ def param_shardings(config: CodeGenConfig, mesh: Mesh, rules: Rules = DEFAULT_RU
         shapes,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+
+
+def tree_shardings(specs: Any, shapes: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """NamedShardings of a pytree of arrays from a matching pytree of logical `PartitionSpec`s."""
+    return jax.tree.map(lambda spec, s: logical_sharding(tuple(spec), s.shape, mesh, rules), specs, shapes,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = DEFAULT_RULES) -> NamedSharding:

@@ -12,7 +12,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ilf_jax.pipeline import engine
+    from ilf_jax.pipeline import app_feedback, engine
     from ilf_jax.pipeline.run import config_from, open_run
 
     opened = open_run(config_from(args.run_dir, args.overrides), progress=False, check=False)
@@ -25,4 +25,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {state:<7}  {summary}")
     done = sum(st == "done" for _, st in rows)
     print(f"{done}/{len(rows)} stages done in {opened.dir}")
+    for line in app_feedback.progress_lines(opened.dir):
+        print(line)
     return 0

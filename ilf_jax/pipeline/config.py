@@ -11,7 +11,7 @@ from ilf_jax.configfile import apply_overrides, load_config
 from ilf_jax.errors import IlfError
 
 SPLIT_NAMES = ("prompt", "test", "refine", "train")
-FEEDBACK_SOURCES = ("human", "model", "shuffled", "scripted")
+FEEDBACK_SOURCES = ("human", "model", "shuffled", "scripted", "app")
 PROGRAM_SOURCES = ("annotated", "sampled")
 TASK_SOURCES = ("mbpp", "hf", "factory")
 BASELINES = ("zero_shot", "gold", "human", "fewshot_refine")
@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "sampling": dict(_SAMPLING),  # base model; `chunk` = prompts per appended group of records
     "collect": {"splits": ["refine", "train"]},  # where the base model's failures are collected
     "feedback": {
-        "source": "human",  # human | model | shuffled | scripted (feedback on MBPP_Train programs)
+        "source": "human",  # human | model | shuffled | scripted | app (people, in `ilf annotate`, on this run's failures)
         "annotations": None,  # Surge JSONL/CSV: human feedback, and pi_Refine's data
         "allow_test_annotations": False,  # leakage guard: test-split rows only when true
         "programs": None,  # annotated | sampled (default: annotated when there is an annotation file)
@@ -118,7 +118,10 @@ def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None) -> dic
         raise IlfError("config: human feedback is about the annotated programs: set feedback.programs=annotated")
     if fb["programs"] == "annotated" and not fb["annotations"]:
         raise IlfError("config: feedback.programs=annotated needs feedback.annotations")
-    if not fb["annotations"] and not fb["annotator"]:
+    if fb["source"] == "app" and (fb["annotations"] or fb["programs"] != "sampled"):
+        raise IlfError("config: feedback.source=app annotates this run's own failures: drop feedback.annotations "
+                       "and feedback.programs")
+    if not fb["annotations"] and not fb["annotator"] and fb["source"] != "app":
         raise IlfError("config: pi_Refine needs refinements: set feedback.annotations or feedback.annotator")
     if fb["source"] == "scripted" and not fb["annotator"]:
         raise IlfError("config: feedback.source=scripted needs feedback.annotator ('module:function')")

@@ -1,7 +1,7 @@
 """The stage graph of a config: ILF rounds (Algorithm 1), the paper's baselines and ablations, the sweep.
 
 Stage names: `r{R}.sample_base`, `r{R}.execute_base`, `r{R}.collect`, `r{R}.refine_data`,
-`r{R}.feedback`, `r{R}.train_refine`, `r{R}.sample_refinements`, `r{R}.execute_refinements`,
+`r{R}.feedback` (after `r{R}.annotate` with `feedback.source: app`), `r{R}.train_refine`, `r{R}.sample_refinements`, `r{R}.execute_refinements`,
 `r{R}.select`, `r{R}.finetune.ilf{V}`; `finetune.gold{V}`, `finetune.human{V}`;
 `eval.{METHOD}.sample`, `eval.{METHOD}.execute`; `fewshot.{relevant,unrelated}.{sample,execute}`;
 `perplexity`; `report`. `{V}` is empty, or `[lr=..,bs=..,ep=..]` for a sweep point.
@@ -15,7 +15,7 @@ import pathlib
 from typing import Any, Callable
 
 from ilf_jax.data.formats import task_prompt
-from ilf_jax.pipeline import report, steps, texts
+from ilf_jax.pipeline import app_feedback, report, steps, texts
 from ilf_jax.pipeline.config import sampling_section
 from ilf_jax.pipeline.engine import Stage, StageContext
 from ilf_jax.pipeline.records import read_jsonl
@@ -111,7 +111,7 @@ def build(res: Resources) -> tuple[list[Stage], list[Method]]:
     plan: list[Stage] = []
     methods: list[Method] = []
     fb_label = {"human": "humans", "model": "model (few-shot)", "shuffled": "shuffled (unrelated)",
-                "scripted": "scripted annotator"}[fb["source"]]
+                "scripted": "scripted annotator", "app": "humans (ilf annotate)"}[fb["source"]]
     feedback_cfg = {k: fb[k] for k in ("source", "programs", "shuffle_seed", "annotator", "annotator_seed")}
     if fb["source"] == "model":
         feedback_cfg["model"] = {**fb["model"], "seed": cfg["sampling"]["seed"]}
@@ -129,13 +129,18 @@ def build(res: Resources) -> tuple[list[Stage], list[Method]]:
                   (f"{R}.sample_base", f"{R}.execute_base"), None, ("tasks",)),
         ]
         collect = None if fb["annotations"] else f"{R}.collect"
-        plan.append(Stage(f"{R}.refine_data", steps.refine_data_stage(collect), (collect,) if collect else (),
+        annotate = f"{R}.annotate" if fb["source"] == "app" else None
+        if annotate:
+            plan.append(Stage(annotate, app_feedback.annotate_stage(f"{R}.collect", r), (f"{R}.collect",), None,
+                              ("tasks",)))
+        plan.append(Stage(f"{R}.refine_data", steps.refine_data_stage(collect, annotate),
+                          (annotate,) if annotate else (collect,) if collect else (),
                           {"allow_test": fb["allow_test_annotations"], "annotator": fb["annotator"],
                            "annotator_seed": fb["annotator_seed"], "ids": _ids(res, "refine", "test"), **ex_cfg},
                           ann_inputs))
-        fb_deps = (f"{R}.refine_data",) + ((f"{R}.collect",) if fb["programs"] == "sampled" else ())
+        fb_deps = (f"{R}.refine_data",) + ((annotate or f"{R}.collect",) if fb["programs"] == "sampled" else ())
         fb_inputs = ann_inputs + (("feedback_model",) if fb["source"] == "model" else ())
-        plan.append(Stage(f"{R}.feedback", steps.feedback_stage(f"{R}.collect", f"{R}.refine_data"), fb_deps,
+        plan.append(Stage(f"{R}.feedback", steps.feedback_stage(f"{R}.collect", f"{R}.refine_data", annotate), fb_deps,
                           {**feedback_cfg, "ids": _ids(res, "train"), **ex_cfg}, fb_inputs))
         refine_train = _train_cfg(res, "refiner", {})
         plan += [
@@ -163,7 +168,7 @@ def build(res: Resources) -> tuple[list[Stage], list[Method]]:
     if "zero_shot" in cfg["baselines"]:
         methods.insert(0, Method("zero_shot", "-", "-", None))
     gold_human = [m for m in ("gold", "human") if m in cfg["baselines"]]
-    if "human" in gold_human and not (fb["annotations"] or fb["source"] == "scripted"):
+    if "human" in gold_human and not (fb["annotations"] or fb["source"] in ("scripted", "app")):
         gold_human.remove("human")
     ft_cfg = {"baseline_tasks": cfg["finetune"]["baseline_tasks"]}
     for kind in gold_human:

@@ -217,29 +217,39 @@ def _scripted(ctx: StageContext, items: Sequence[dict[str, Any]], partial: str) 
         return [log.records[k] for k in sorted(log.records)]
 
 
-def _annotated_programs(ctx: StageContext, splits: Sequence[str]) -> list[dict[str, Any]]:
+def _annotations(ctx: StageContext, annotate_from: str | None) -> Any:
+    """The human annotations: from the app's stage (`feedback.source: app`) or the annotation file."""
+    if annotate_from is None:
+        return ctx.resources.annotations
+    from ilf_jax.pipeline.app_feedback import app_annotations
+
+    return app_annotations(ctx, annotate_from)
+
+
+def _annotated_programs(ctx: StageContext, splits: Sequence[str], annotations: Any) -> list[dict[str, Any]]:
     """The annotated (original program, error) of the run's annotation rows in `splits`."""
     res = ctx.resources
-    rows = [a for tid, a in sorted(res.annotations.rows.items()) if res.task_set.split_of(tid) in splits]
+    rows = [a for tid, a in sorted(annotations.rows.items()) if res.task_set.split_of(tid) in splits]
     verdicts = run_programs(ctx, [(f"orig/{a.task_id}", a.task_id, a.original) for a in rows])
     return [{"task_id": a.task_id, "program": a.original, "error": verdicts[f"orig/{a.task_id}"].error,
              "original_passed": verdicts[f"orig/{a.task_id}"].passed} for a in rows]
 
 
-def refine_data_stage(collect_from: str | None) -> Callable[[StageContext], dict[str, Any]]:
+def refine_data_stage(collect_from: str | None, annotate_from: str | None = None) -> Callable[[StageContext], dict[str, Any]]:
     """pi_Refine's data (refine_data.jsonl): (old program, feedback, refinement) triples with the paper's filter.
 
-    From the human annotation file (refine split; test split too only when allowed), else from the
-    scripted annotator on the refine split's failing programs. A triple is kept when its
+    From the human annotation file or the app's annotations (refine split; test split too only when
+    allowed), else from the scripted annotator on the refine split's failing programs. A triple is kept when its
     refinement passes and Levenshtein(refinement, old) < half the longer of the two.
     """
     def run(ctx: StageContext) -> dict[str, Any]:
         res = ctx.resources
         splits = ["refine"] + (["test"] if res.config["feedback"]["allow_test_annotations"] else [])
-        if res.annotations is not None:
-            items = _annotated_programs(ctx, splits)
-            triples = [{**it, "feedback": res.annotations.rows[it["task_id"]].feedback,
-                        "refinement": res.annotations.rows[it["task_id"]].refinement, "source": "human"} for it in items]
+        ann = _annotations(ctx, annotate_from)
+        if ann is not None:
+            items = _annotated_programs(ctx, splits, ann)
+            triples = [{**it, "feedback": ann.rows[it["task_id"]].feedback,
+                        "refinement": ann.rows[it["task_id"]].refinement, "source": "human"} for it in items]
         else:
             items = [f for f in read_jsonl(ctx.dep(collect_from) / FAILURES) if f["split"] == "refine"]
             notes = {n["task_id"]: n for n in _scripted(ctx, items, "annotator.partial.jsonl")}
@@ -256,7 +266,6 @@ def refine_data_stage(collect_from: str | None) -> Callable[[StageContext], dict
                         "kept": keep_annotation(t["refinement"], t["program"], passed) and bool(t["feedback"].strip())})
         write_jsonl(ctx.dir / REFINE_DATA, out)
         schema.check_file(ctx.dir / REFINE_DATA, "refine_data")
-        ann = res.annotations
         return {"triples": len(out), "kept": sum(r["kept"] for r in out),
                 "excluded_test_annotations": len(ann.excluded_test_ids) if ann else 0,
                 "test_annotations_used": sum(res.task_set.split_of(r["task_id"]) == "test" and r["kept"] for r in out)}
@@ -291,21 +300,24 @@ def _model_feedback(ctx: StageContext, items: Sequence[dict[str, Any]], refine_f
         return {k: v["feedback"] for k, v in log.records.items()}
 
 
-def feedback_stage(collect_from: str | None, refine_from: str) -> Callable[[StageContext], dict[str, Any]]:
-    """Feedback on MBPP_Train failing programs (feedback.jsonl), from humans, a model, the scripted
-    annotator, or human/scripted feedback shuffled across tasks (the unrelated-feedback control)."""
+def feedback_stage(collect_from: str | None, refine_from: str,
+                   annotate_from: str | None = None) -> Callable[[StageContext], dict[str, Any]]:
+    """Feedback on MBPP_Train failing programs (feedback.jsonl), from humans (the annotation file, or
+    the app on this run's failures), a model, the scripted annotator, or human/scripted feedback
+    shuffled across tasks (the unrelated-feedback control)."""
     def run(ctx: StageContext) -> dict[str, Any]:
         res = ctx.resources
         fb = res.config["feedback"]
-        if fb["programs"] == "annotated":
-            items = _annotated_programs(ctx, ["train"])
+        ann = _annotations(ctx, annotate_from)
+        if fb["programs"] == "annotated" or annotate_from is not None:
+            items = _annotated_programs(ctx, ["train"], ann)
         else:
             items = [f for f in read_jsonl(ctx.dep(collect_from) / FAILURES) if f["split"] == "train"]
         source = fb["source"]
-        human = source in ("human", "shuffled") and fb["programs"] == "annotated"
+        human = (source in ("human", "shuffled") and fb["programs"] == "annotated") or annotate_from is not None
         if human:
-            notes = {it["task_id"]: {"feedback": res.annotations.rows[it["task_id"]].feedback,
-                                     "refinement": res.annotations.rows[it["task_id"]].refinement} for it in items}
+            notes = {it["task_id"]: {"feedback": ann.rows[it["task_id"]].feedback,
+                                     "refinement": ann.rows[it["task_id"]].refinement} for it in items}
         elif source in ("scripted", "shuffled"):
             notes = {n["task_id"]: n for n in _scripted(ctx, items, "annotator.partial.jsonl")}
         else:

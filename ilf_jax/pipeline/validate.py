@@ -29,7 +29,7 @@ def model_dir(path: str, what: str) -> None:
     if not p.is_dir():
         raise IlfError(f"{what} {p}: directory does not exist")
     if not (p / "config.json").is_file():
-        raise IlfError(f"{what} {p}: no config.json (expected an HF CodeGen or ilf_jax model directory)")
+        raise IlfError(f"{what} {p}: no config.json (expected an HF model or ilf_jax checkpoint directory)")
 
 
 def tokenizer_dir(path: pathlib.Path, what: str) -> None:

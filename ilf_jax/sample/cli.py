@@ -27,7 +27,7 @@ META_SUFFIX = ".meta.json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="HF CodeGen directory or an ilf_jax checkpoint directory")
+    parser.add_argument("--model", required=True, help="HF model directory (CodeGen, Llama, Qwen2, Qwen3) or an ilf_jax checkpoint directory")
     parser.add_argument("--prompts", required=True, help="JSONL file with `id` and `prompt` on each line")
     parser.add_argument("-o", "--output", required=True, help="output JSONL (resumed when it exists)")
     parser.add_argument("-n", type=int, default=1, help="samples per prompt (default 1)")

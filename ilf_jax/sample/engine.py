@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ilf_jax.model.codegen import CACHE_AXES, no_constraint
+from ilf_jax.model.common import no_constraint
+from ilf_jax.model.family import cache_axes, init_cache
 from ilf_jax.parallel.distributed import fetch, put_global
 from ilf_jax.parallel.memory import cache_bucket
 from ilf_jax.parallel.sharding import Rules, batch_sharding, constrainer, logical_sharding, replicated
@@ -83,17 +84,20 @@ class Engine:
         self._fns: dict[tuple, Callable] = {}
 
     # -- shardings and compiled functions -------------------------------------------------------
-    def _sharding(self, names: tuple, shape: tuple) -> Any:
-        return None if self.mesh is None else logical_sharding(names, shape, self.mesh, self.rules)
+    def _cache_shardings(self, config: Any, batch: int, length: int) -> Any:
+        """Shardings of a model cache of `batch` rows and `length` positions (None without a mesh)."""
+        if self.mesh is None:
+            return None
+        names = cache_axes(config)
+        shapes = jax.eval_shape(lambda: init_cache(config, batch, length))
+        return jax.tree.map(lambda c: logical_sharding(names, c.shape, self.mesh, self.rules), shapes)
 
     def _slot_shardings(self, st: sl.Static, n: int, length: int) -> Any:
         if self.mesh is None:
             return None
-        c = st.config
-        cache = self._sharding(CACHE_AXES, (n, c.n_head, length, c.head_dim))
         b1, rep = batch_sharding(self.mesh, 1, self.rules), replicated(self.mesh)
         return sl.Slots(
-            cache=[{"k": cache, "v": cache} for _ in range(c.n_layer)],
+            cache=self._cache_shardings(st.config, n, length),
             col=rep, length=b1, keys=batch_sharding(self.mesh, 2, self.rules), last=b1, num=b1, limit=b1, done=b1, after_nl=b1, reason=b1,
         )
 
@@ -115,9 +119,7 @@ class Engine:
         p = job.tokens.shape[0]
 
         def make():
-            kv = self._sharding(CACHE_AXES, (1, st.config.n_head, p, st.config.head_dim))
-            rep = None if self.mesh is None else replicated(self.mesh)
-            out = None if kv is None else ([{"k": kv, "v": kv} for _ in range(st.config.n_layer)], rep)
+            out = None if self.mesh is None else (self._cache_shardings(st.config, 1, p), replicated(self.mesh))
             return jax.jit(functools.partial(sl.prefill_prompt, st=st, constrain=self.constrain), out_shardings=out)
 
         return self._jit(("prefill", st, p), make)(self.params, *self._put((job.tokens[None], job.valid[None])))
@@ -165,7 +167,7 @@ class Engine:
     def _resize(self, st: sl.Static, slots: sl.Slots, length: int) -> sl.Slots:
         """The ring moved into `length` columns, one cache array at a time (each old one dropped once moved)."""
         n, old = slots.done.shape[0], slots.cache[0]["k"].shape[2]
-        sharding = self._sharding(CACHE_AXES, (n, st.config.n_head, length, st.config.head_dim))
+        sharding = None if self.mesh is None else self._cache_shardings(st.config, n, length)[0]["k"]
         fn = self._jit(("resize", st.config, n, old, length), lambda: jax.jit(functools.partial(sl.resize_layer, length=length), out_shardings=sharding))
         col, cache = slots.col, slots.cache
         slots = slots.replace(cache=None)

@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig
 from ilf_jax.parallel.distributed import allgather_objects, process_share, put_global
 from ilf_jax.parallel.sharding import DEFAULT_RULES, Rules, param_shardings, replicated
 from ilf_jax.sample import slots as sl
@@ -128,7 +128,7 @@ class Sampler:
     def __init__(
         self,
         params: Any,
-        config: CodeGenConfig,
+        config: ModelConfig,
         tokenizer: Any,
         mesh: Mesh | None = None,
         *,
@@ -290,7 +290,7 @@ class Sampler:
         return [Completion(r.prompt_index, r.sample, texts[(r.prompt_index, r.sample)], r.finish_reason, int(len(r.tokens))) for r in rows]
 
 
-def check_settings(cfg: SamplingConfig, config: CodeGenConfig, mesh: Mesh | None) -> None:
+def check_settings(cfg: SamplingConfig, config: ModelConfig, mesh: Mesh | None) -> None:
     """One-line errors for sampling settings a model and mesh cannot run: no room for a prompt, slots
     that do not divide over the batch shards."""
     if config.n_positions - cfg.max_new_tokens < 1:
@@ -302,7 +302,7 @@ def check_settings(cfg: SamplingConfig, config: CodeGenConfig, mesh: Mesh | None
 
 def sample(
     params: Any,
-    config: CodeGenConfig,
+    config: ModelConfig,
     tokenizer: Any,
     prompts: Sequence[str],
     cfg: SamplingConfig,

@@ -1,7 +1,7 @@
 """The sampling engine's device side: decode slots over a ring KV cache, as pure functions.
 
-A slot holds one row (a prompt's sample). The cache is the model's (per layer {"k", "v"}
-[slots, heads, L, head_dim]) used as a ring whose write column `col` is shared by every slot:
+A slot holds one row (a prompt's sample). The cache is the model family's (per layer {"k", "v"}
+[slots, kv_heads, L, head_dim]) used as a ring whose write column `col` is shared by every slot:
 a decode step writes each slot's new key at `col`, and a slot's `length` valid keys are the
 columns just before it (mod L). Attention does not depend on key order, so a slot placed at
 any time attends over exactly its prompt and its own generated tokens. `L` is a bucket just
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ilf_jax.model.codegen import CACHE_AXES, Cache, Constrain, causal_mask, forward, init_cache, no_constraint, positions_from_mask
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.common import Cache, Constrain, causal_mask, no_constraint, positions_from_mask
+from ilf_jax.model.family import ModelConfig, cache_axes, forward, init_cache
 from ilf_jax.sample.policy import Policy, choose
 from ilf_jax.sample.stop import stop_update
 
@@ -40,7 +40,7 @@ REASONS = {EOS: "eos", STOP: "stop", LENGTH: "length"}
 class Static:
     """Everything the compiled functions specialise on (besides array shapes)."""
 
-    config: CodeGenConfig
+    config: ModelConfig
     policy: Policy
     max_new_tokens: int
     eos_id: int
@@ -49,7 +49,7 @@ class Static:
 
 @struct.dataclass
 class Slots:
-    cache: Cache  # per layer {"k", "v"} [S, heads, L, head_dim], a ring written at `col`
+    cache: Cache  # per layer {"k", "v"} [S, kv_heads, L, head_dim], a ring written at `col`
     col: jax.Array  # () int32: the column the next step writes, for every slot
     length: jax.Array  # [S] int32: valid keys of the slot (the columns just before `col`)
     keys: jax.Array  # [S, 2] uint32 row keys
@@ -86,11 +86,12 @@ def advance(token, done, num, limit, after_nl, reason, tables: dict[str, jax.Arr
     return token, done | (num >= limit), num, after_nl, reason, live
 
 
-def constrain_cache(cache: Cache, constrain: Constrain) -> Cache:
-    return [{k: constrain(v, CACHE_AXES) for k, v in layer.items()} for layer in cache]
+def constrain_cache(cache: Cache, constrain: Constrain, config: ModelConfig) -> Cache:
+    names = cache_axes(config)
+    return [{k: constrain(v, names) for k, v in layer.items()} for layer in cache]
 
 
-def empty_slots(config: CodeGenConfig, slots: int, length: int) -> Slots:
+def empty_slots(config: ModelConfig, slots: int, length: int) -> Slots:
     """`slots` free slots over a ring of `length` columns."""
     zeros = jnp.zeros((slots,), jnp.int32)
     return Slots(
@@ -108,8 +109,8 @@ def empty_slots(config: CodeGenConfig, slots: int, length: int) -> Slots:
 
 
 def prefill_prompt(params: Any, tokens: jax.Array, valid: jax.Array, st: Static, constrain: Constrain = no_constraint) -> tuple[Cache, jax.Array]:
-    """One left-padded prompt [1, P] (`valid` marks real tokens) -> its KV [1, heads, P, head_dim] and logits [1, V]."""
-    cache = constrain_cache(init_cache(st.config, 1, tokens.shape[1]), constrain)
+    """One left-padded prompt [1, P] (`valid` marks real tokens) -> its KV [1, kv_heads, P, head_dim] and logits [1, V]."""
+    cache = constrain_cache(init_cache(st.config, 1, tokens.shape[1]), constrain, st.config)
     logits, cache = forward(
         params, tokens, st.config, positions=positions_from_mask(valid), mask=causal_mask(valid), cache=cache, cache_index=0, constrain=constrain, last_only=True
     )
@@ -156,7 +157,7 @@ def place(
         for layer, new in zip(slots.cache, kv)
     ]
     slots = slots.replace(
-        cache=constrain_cache(cache, constrain),
+        cache=constrain_cache(cache, constrain, st.config),
         length=put(slots.length, jnp.broadcast_to(prompt_len, (m,))),
         keys=put(slots.keys, keys),
         last=put(slots.last, token),
@@ -188,7 +189,7 @@ def decode_step(params: Any, slots: Slots, tables: dict[str, jax.Array], st: Sta
     token = draw(logits, slots.keys, slots.num, st.policy)
     token, done, num, after_nl, reason, live = advance(token, slots.done, slots.num, slots.limit, slots.after_nl, slots.reason, tables, st)
     slots = slots.replace(
-        cache=constrain_cache(cache, constrain),
+        cache=constrain_cache(cache, constrain, st.config),
         col=(slots.col + 1) % length,
         length=slots.length + live.astype(jnp.int32),
         last=token,

@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ilf_jax.model.codegen import Constrain, causal_mask, forward, init_cache, no_constraint, positions_from_mask
+from ilf_jax.model.common import Constrain, causal_mask, no_constraint, positions_from_mask
+from ilf_jax.model.family import forward, init_cache
 from ilf_jax.sample.slots import REASONS, Static, advance, constrain_cache, draw, row_keys
 
 
 @struct.dataclass
 class State:
-    cache: Any  # list of {"k", "v"} [B, heads, S, head_dim]
+    cache: Any  # list of {"k", "v"} [B, kv_heads, S, head_dim]
     slot_valid: jax.Array  # [B, S] bool: positions holding real keys
     prompt_len: jax.Array  # [B] int32
     keys: jax.Array  # [B, 2] uint32 row keys
@@ -64,7 +65,7 @@ def prefill(
     """Run the prompts [B, P] (left-padded, `valid` marks real tokens) and draw each row's first token."""
     b, p = tokens.shape
     slots = p + st.max_new_tokens
-    cache = constrain_cache(init_cache(st.config, b, slots), constrain)
+    cache = constrain_cache(init_cache(st.config, b, slots), constrain, st.config)
     mask = jnp.pad(causal_mask(valid), ((0, 0), (0, 0), (0, slots - p)))
     positions = positions_from_mask(valid)
     logits, cache = forward(
@@ -106,7 +107,7 @@ def step(
         cache_index=slot,
         constrain=constrain,
     )
-    state = state.replace(cache=constrain_cache(cache, constrain), slot_valid=slot_valid)
+    state = state.replace(cache=constrain_cache(cache, constrain, st.config), slot_valid=slot_valid)
     logits = logits[:, 0]
     return _record(state, _draw(state, logits, st), tables, st), logits
 

@@ -10,6 +10,56 @@ from ilf_jax.errors import IlfError
 _SCHEDULES = ("linear", "cosine", "constant")
 _DTYPES = ("float32", "bfloat16")
 _INITS = ("pretrained", "random")
+_WEIGHTINGS = ("token", "example")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (`train.lora`): rank, alpha (scale alpha / rank), the projections adapted by
+    role (see `ilf_jax.model.lora.ROLES`) and the dtype of the frozen base weights."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "k", "v", "out")
+    base_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        from ilf_jax.model.lora import ROLES
+
+        def fail(msg: str) -> None:
+            raise IlfError(f"train config: lora.{msg}")
+
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            fail(f"rank={self.rank!r} must be a positive integer")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            fail(f"alpha={self.alpha!r} must be a positive number")
+        if self.dropout != 0:
+            fail(f"dropout={self.dropout!r}: only 0 is supported (adapters are applied as merged weights "
+                 "W + (alpha/r) a b, which have no per-token adapter input to drop)")
+        if not self.targets or any(t not in ROLES for t in self.targets) or len(set(self.targets)) != len(self.targets):
+            fail(f"targets={list(self.targets)!r} must be distinct names among {', '.join(ROLES)}")
+        if self.base_dtype not in _DTYPES:
+            fail(f"base_dtype={self.base_dtype!r} must be one of {_DTYPES}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> LoraConfig:
+        if not isinstance(d, Mapping):
+            raise IlfError(f"train config: lora={d!r} must be a mapping (rank, alpha, dropout, targets, base_dtype) or null")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise IlfError(f"train config: unknown lora key(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+        d = dict(d)
+        if "targets" in d:
+            t = d["targets"]
+            d["targets"] = (t,) if isinstance(t, str) else tuple(t) if isinstance(t, (list, tuple)) else t
+        if isinstance(d.get("alpha"), str):
+            try:
+                d["alpha"] = float(d["alpha"])
+            except ValueError:
+                pass
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +96,9 @@ class TrainConfig:
     length_multiple: int = 64  # padded lengths are multiples of this (bounded number of compiles)
     init: str = "pretrained"  # "random": start from random weights (training from scratch)
     export_hf: bool = True  # also write the final model as an HF directory (out_dir/hf)
+    packing: bool = False  # first-fit each step's examples into rows of max_length (segment ids)
+    loss_weighting: str = "token"  # "token": every target token alike; "example": every example alike
+    lora: LoraConfig | None = None  # LoRA adapters on a frozen base instead of full fine-tuning
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:
@@ -55,6 +108,12 @@ class TrainConfig:
             fail(f"schedule={self.schedule!r} must be one of {_SCHEDULES}")
         if self.dtype not in _DTYPES:
             fail(f"dtype={self.dtype!r} must be one of {_DTYPES}")
+        if self.loss_weighting not in _WEIGHTINGS:
+            fail(f"loss_weighting={self.loss_weighting!r} must be one of {_WEIGHTINGS}")
+        if self.lora is not None and not isinstance(self.lora, LoraConfig):
+            fail(f"lora={self.lora!r} must be a LoraConfig")
+        if self.lora is not None and self.init == "random":
+            fail("lora needs a pretrained base (init: pretrained)")
         if self.init not in _INITS:
             fail(f"init={self.init!r} must be one of {_INITS}")
         for name in ("batch_size", "micro_batch_size", "epochs", "max_length", "max_target_length", "keep", "log_every", "length_multiple"):
@@ -79,6 +138,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mesh"] = list(self.mesh)
+        if self.lora is not None:
+            d["lora"]["targets"] = list(self.lora.targets)
         return d
 
     @classmethod
@@ -91,7 +152,9 @@ class TrainConfig:
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
             default = fields[key].default
-            if key == "mesh":
+            if key == "lora":
+                value = None if value is None else value if isinstance(value, LoraConfig) else LoraConfig.from_dict(value)
+            elif key == "mesh":
                 if isinstance(value, str):
                     from ilf_jax.parallel.mesh import parse_mesh
 

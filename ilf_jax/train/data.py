@@ -17,6 +17,13 @@ Batches: each optimizer step takes `batch_size` examples of a per-epoch permutat
 16 steps and the steps of the epoch are shuffled, so padding stays short. The padded length of a step
 is its longest sequence rounded up to `length_multiple` (few distinct shapes, few compiles).
 A step with fewer examples (the last of an epoch) is filled with rows that carry no loss.
+
+Packing (`TrainConfig.packing`): the same examples of a step are first-fit, in the step's order,
+into rows of `max_length`, with segment ids and per-example positions, so attention never
+crosses examples and each example is computed as if it were alone in its row; the step's
+weights are those of the padded step, so its loss and gradients are the same.
+Weighting: "token" gives every target token of a step the same weight; "example" gives every
+example the same weight (its mean target NLL), whatever its length.
 """
 
 from __future__ import annotations
@@ -141,8 +148,17 @@ def padded_length(longest: int, multiple: int, cap: int) -> int:
     return min(up(max(longest, 1)), up(cap))
 
 
-def make_batch(encoded: Sequence[Encoded], indices: Iterable[int], rows: int, length: int) -> dict[str, np.ndarray]:
-    """Right-padded arrays [rows, length]: tokens, targets (next token), weights (1 on target
+def _row_weight(e: Encoded, n: int, weighting: str) -> tuple[int, float]:
+    """(first weighted position, weight per target token) of an example fed as `n` tokens: 1 per
+    token ("token"), or 1 / its target tokens ("example": each example's mean NLL counts once)."""
+    start = max(e.n_prompt - 1, 0)
+    return start, (1.0 if weighting == "token" else 1.0 / max(n - start, 1))
+
+
+def make_batch(
+    encoded: Sequence[Encoded], indices: Iterable[int], rows: int, length: int, weighting: str = "token"
+) -> dict[str, np.ndarray]:
+    """Right-padded arrays [rows, length]: tokens, targets (next token), weights (on target
     predictions), valid (real tokens). Sequences are fed without their last token."""
     tokens = np.zeros((rows, length), np.int32)
     targets = np.zeros((rows, length), np.int32)
@@ -154,24 +170,86 @@ def make_batch(encoded: Sequence[Encoded], indices: Iterable[int], rows: int, le
         tokens[r, :n] = e.tokens[:n]
         targets[r, :n] = e.tokens[1 : n + 1]
         valid[r, :n] = True
-        weights[r, max(e.n_prompt - 1, 0) : n] = 1.0
+        start, w = _row_weight(e, n, weighting)
+        weights[r, start:n] = w
     return {"tokens": tokens, "targets": targets, "weights": weights, "valid": valid}
+
+
+def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of item positions: each item, in order, goes into the first bin with room for it."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i, n in enumerate(sizes):
+        if n > capacity:
+            raise IlfError(f"packing: example of {n} tokens is longer than max_length={capacity}")
+        for b, room in enumerate(free):
+            if n <= room:
+                bins[b].append(i)
+                free[b] -= n
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - n)
+    return bins
+
+
+def make_packed_batch(
+    encoded: Sequence[Encoded], packs: Sequence[Sequence[int]], rows: int, length: int, weighting: str = "token"
+) -> dict[str, np.ndarray]:
+    """Packed arrays [rows, length]: each row holds the examples of one pack back to back, with
+    segment ids (1, 2, ... per example; 0 for padding) and positions restarting at each example."""
+    tokens = np.zeros((rows, length), np.int32)
+    targets = np.zeros((rows, length), np.int32)
+    weights = np.zeros((rows, length), np.float32)
+    segments = np.zeros((rows, length), np.int32)
+    positions = np.zeros((rows, length), np.int32)
+    for r, pack in enumerate(packs):
+        at = 0
+        for s, i in enumerate(pack, start=1):
+            e = encoded[i]
+            n = e.length - 1
+            tokens[r, at : at + n] = e.tokens[:n]
+            targets[r, at : at + n] = e.tokens[1:]
+            segments[r, at : at + n] = s
+            positions[r, at : at + n] = np.arange(n)
+            start, w = _row_weight(e, n, weighting)
+            weights[r, at + start : at + n] = w
+            at += n
+    return {"tokens": tokens, "targets": targets, "weights": weights, "segments": segments, "positions": positions}
+
+
+def pack_step(encoded: Sequence[Encoded], indices: Sequence[int], max_length: int) -> list[list[int]]:
+    """The step's examples (in their order) first-fit into rows of `max_length` fed tokens."""
+    bins = first_fit([encoded[i].length - 1 for i in indices], max_length)
+    return [[int(indices[j]) for j in b] for b in bins]
 
 
 def step_batch(
     encoded: Sequence[Encoded], indices: np.ndarray, batch_size: int, accum: int, length_multiple: int, max_length: int,
-    rows: range | None = None,
+    rows: range | None = None, *, weighting: str = "token", packing: bool = False, micro_rows: int = 0,
 ) -> dict[str, np.ndarray]:
     """One optimizer step's batch, shaped [accum, batch_size // accum, T]; with `rows`, only those
-    rows of every micro-batch ([accum, len(rows), T]: one process's part of the global batch)."""
+    rows of every micro-batch ([accum, len(rows), T]: one process's part of the global batch).
+
+    With `packing`, the step's examples are packed into rows (`pack_step`) and the batch is
+    [ceil(packed rows / micro_rows), micro_rows, T]: `accum` is then the number of packed micro-batches."""
+    if packing:
+        packs = pack_step(encoded, indices, max_length)
+        fill = max(sum(encoded[i].length - 1 for i in p) for p in packs)
+        t = padded_length(fill, length_multiple, max_length)
+        accum, per = -(-len(packs) // micro_rows), micro_rows
+        packs = packs + [[] for _ in range(accum * per - len(packs))]
+        take = range(per) if rows is None else rows
+        parts = [make_packed_batch(encoded, [packs[m * per + r] for r in take], len(take), t, weighting) for m in range(accum)]
+        return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     longest = max(encoded[i].length - 1 for i in indices)
     t = padded_length(longest, length_multiple, max_length)
     per = batch_size // accum
     if rows is None:
-        flat = make_batch(encoded, indices, batch_size, t)
+        flat = make_batch(encoded, indices, batch_size, t, weighting)
         return {k: v.reshape(accum, per, t) for k, v in flat.items()}
     idx = list(indices)
-    parts = [make_batch(encoded, idx[m * per + rows.start : m * per + rows.stop], len(rows), t) for m in range(accum)]
+    parts = [make_batch(encoded, idx[m * per + rows.start : m * per + rows.stop], len(rows), t, weighting) for m in range(accum)]
     return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
 
 

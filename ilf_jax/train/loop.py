@@ -14,8 +14,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ilf_jax.errors import IlfError
-from ilf_jax.model.codegen import init_params as random_params
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import CONFIG_TYPES, ModelConfig, config_from_file
+from ilf_jax.model.family import init_params as random_params
+from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.distributed import allgather_objects, barrier, fetch, global_array, local_rows, process_share, put_global
 from ilf_jax.parallel.mesh import make_mesh
 from ilf_jax.parallel.sharding import param_shardings
@@ -29,6 +30,7 @@ from ilf_jax.train.step import batch_shardings, make_eval_step, make_train_step
 
 MODEL_DIR = "model"
 HF_DIR = "hf"
+PEFT_DIR = "peft"  # LoRA runs: the adapters as a PEFT directory (adapter_config.json + safetensors)
 CKPT_DIR = "checkpoints"
 METRICS = "metrics.jsonl"
 SUMMARY = "train_summary.json"
@@ -58,23 +60,24 @@ def _resolve_tokenizer(tokenizer: Any, model: Any) -> tuple[Any, pathlib.Path | 
     return tokenizer, None
 
 
-def _model_config(model: Any, cfg: TrainConfig) -> CodeGenConfig:
+def _model_config(model: Any, cfg: TrainConfig) -> ModelConfig:
     from ilf_jax.model.store import read_config
 
-    if isinstance(model, CodeGenConfig):
+    if isinstance(model, CONFIG_TYPES):
         config = model
     elif isinstance(model, tuple):
         config = model[0]
     elif isinstance(model, (str, pathlib.Path)):
         path = pathlib.Path(model)
-        config = CodeGenConfig.from_file(path) if path.is_file() else read_config(path)
+        config = config_from_file(path) if path.is_file() else read_config(path)
     else:
         raise IlfError(f"train: model must be a directory, a config, or (config, params); got {type(model).__name__}")
-    # fp32 master weights; compute dtype and remat from the train config.
-    return config.replace(dtype=cfg.dtype, param_dtype="float32", remat=cfg.remat)
+    # fp32 master weights (LoRA: the frozen base in lora.base_dtype); compute dtype and remat from the train config.
+    param_dtype = "float32" if cfg.lora is None else cfg.lora.base_dtype
+    return config.replace(dtype=cfg.dtype, param_dtype=param_dtype, remat=cfg.remat)
 
 
-def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
+def _initial_params(model: Any, config: ModelConfig, cfg: TrainConfig, mesh: Mesh, given: Any) -> Any:
     from ilf_jax.model.store import load_model
 
     shardings = param_shardings(config, mesh)
@@ -82,12 +85,28 @@ def _initial_params(model: Any, config: CodeGenConfig, cfg: TrainConfig, mesh: M
         params = given
     elif isinstance(model, tuple) and model[1] is not None:
         params = model[1]
-    elif cfg.init == "random" or isinstance(model, CodeGenConfig) or isinstance(model, tuple) or pathlib.Path(model).is_file():
+    elif cfg.init == "random" or isinstance(model, CONFIG_TYPES) or isinstance(model, tuple) or pathlib.Path(model).is_file():
         init = jax.jit(lambda k: random_params(config, k), out_shardings=shardings)
         return init(jax.random.key(cfg.seed))
     else:
-        _, params = load_model(model, mesh, dtype=config.dtype, param_dtype="float32", remat=config.remat)
-    return put_global(jax.tree.map(lambda p: p.astype("float32"), params), shardings)
+        _, params = load_model(model, mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat=config.remat)
+    return put_global(jax.tree.map(lambda p: p.astype(config.param_dtype), params), shardings)
+
+
+def _lora_setup(model: Any, config: ModelConfig, cfg: TrainConfig, given: Any) -> tuple[Lora | None, dict[str, Any] | None]:
+    """The run's `Lora` and the adapter record (base directory, rank, alpha, targets), checked
+    against the model before anything is compiled."""
+    if cfg.lora is None:
+        return None, None
+    from ilf_jax.model.store import lora_of
+
+    if not isinstance(model, (str, pathlib.Path)) or not pathlib.Path(model).is_dir() or given is not None:
+        raise IlfError("train: lora needs the base model as a directory (HF or ours), and no init_params")
+    lc = cfg.lora
+    lora = lora_of(config, lc.targets, lc.rank, lc.alpha)
+    meta = {"base": str(pathlib.Path(model).absolute()), "rank": lc.rank, "alpha": lc.alpha,
+            "targets": list(lc.targets), "base_dtype": lc.base_dtype}
+    return lora, meta
 
 
 def mesh_for(shape: Sequence[int]) -> Mesh:
@@ -175,7 +194,7 @@ def train(
     """Fine-tune (or train from scratch) and write `out_dir/{model,hf,checkpoints,metrics.jsonl}`.
 
     `model`: a model directory (HF or ours), a model config file (.yaml / config.json) or
-    `CodeGenConfig` (random init), or `(config, params)`. `tokenizer`: an object or a directory
+    model config of any family (random init), or `(config, params)`. `tokenizer`: an object or a directory
     (default: the model directory's). `init_params` overrides the starting weights. A run resumes
     from the latest checkpoint in `out_dir`, at the exact data position; a finished run returns at
     once. `stop_after` halts (with a checkpoint) after that many total steps, as a pre-emption would.
@@ -190,18 +209,23 @@ def train(
     if mesh is None:
         mesh = mesh_for(cfg.mesh)
 
+    lora, lora_meta = _lora_setup(model, config, cfg, init_params)
     encoded = _encode(tok, list(examples), cfg)
+    if cfg.packing:
+        too_long = [i for i, e in enumerate(encoded) if e.length - 1 > cfg.max_length]
+        if too_long:
+            raise IlfError(f"train: example {too_long[0]} is longer than max_length={cfg.max_length} after truncation")
     fp = data_lib.fingerprint(encoded)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     rows = cfg.micro_batch_size * dp
-    if cfg.batch_size % rows:
+    if cfg.batch_size % rows and not cfg.packing:
         raise IlfError(f"train: batch_size={cfg.batch_size} is not a multiple of micro_batch_size x data-parallel = {rows}")
-    accum = cfg.batch_size // rows
+    accum = cfg.batch_size // rows  # packed steps have as many micro-batches as their rows need
     spe = data_lib.steps_per_epoch(len(encoded), cfg.batch_size)
     total = spe * cfg.epochs
     tx = make_optimizer(cfg, total)
     schedule = learning_rate_schedule(cfg, total)
-    shardings = state_shardings(config, tx, mesh)
+    shardings = state_shardings(config, tx, mesh, lora)
 
     ckpts = Checkpoints(out_dir / CKPT_DIR, keep=cfg.keep)
     latest = ckpts.latest_step()
@@ -210,23 +234,34 @@ def train(
         if meta.get("data") != fp or meta.get("steps_per_epoch") != spe:
             ckpts.close()
             raise IlfError(f"{out_dir}: its checkpoints were made with other data or batch size; use a new out_dir")
+        if meta.get("lora") != lora_meta:
+            ckpts.close()
+            raise IlfError(f"{out_dir}: its checkpoints were made with lora={meta.get('lora')}, this run has lora={lora_meta}; use a new out_dir")
         if latest >= total and (out_dir / MODEL_DIR).is_dir() and (out_dir / SUMMARY).is_file():
             ckpts.close()
             return _result(out_dir, cfg, latest, total)
-        state, meta = ckpts.restore(abstract_state(config, tx, mesh), latest)
+        state, meta = ckpts.restore(abstract_state(config, tx, mesh, lora), latest)
         start = int(meta["step"])
     else:
-        params = _initial_params(model, config, cfg, mesh, init_params)
+        if lora is None:
+            params = _initial_params(model, config, cfg, mesh, init_params)
+        else:
+            params = jax.jit(lora.init, out_shardings=shardings.params)(jax.random.key(cfg.seed))
         state = init_state(params, tx, shardings)
         del params
         start = 0
         if is_host0 and (out_dir / METRICS).is_file():
             (out_dir / METRICS).unlink()
 
-    step_fn = make_train_step(config, tx, mesh, shardings, schedule)
+    base = None
+    if lora is not None:  # the frozen base: loaded once, never updated, not in the checkpoints
+        base = _initial_params(model, config, cfg, mesh, None)
+    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora,
+                              base_shardings=None if lora is None else param_shardings(config, mesh))
+    extra = () if lora is None else (base,)
     bshard = batch_shardings(mesh)
     # Several processes: each builds only its rows of every global batch.
-    my_rows = None if jax.process_count() == 1 else local_rows(bshard["tokens"], (accum, rows, 1), axis=1)
+    my_rows = None if jax.process_count() == 1 else local_rows(bshard["tokens"], (1, rows, 1), axis=1)
     lengths = [e.length for e in encoded]
     logger = _Logger(out_dir, start, is_host0)
     end = total if stop_after is None else min(total, stop_after)
@@ -246,14 +281,15 @@ def train(
             if epoch not in orders:
                 orders = {epoch: data_lib.epoch_steps(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)}
             idx = orders[epoch][pos]
-            host = data_lib.step_batch(encoded, idx, cfg.batch_size, accum, cfg.length_multiple, cfg.max_length, my_rows)
-            t = host["tokens"].shape[-1]
+            host = data_lib.step_batch(encoded, idx, cfg.batch_size, accum, cfg.length_multiple, cfg.max_length, my_rows,
+                                       weighting=cfg.loss_weighting, packing=cfg.packing, micro_rows=rows)
+            n_micro, t = host["tokens"].shape[0], host["tokens"].shape[-1]
             n_tok = int(sum(min(encoded[i].length - 1, t) for i in idx))
             if my_rows is None:
                 batch = _put_batch(host, bshard)
             else:
-                batch = {k: global_array(v, bshard[k], (accum, rows, t)) for k, v in host.items()}
-            state, metrics = step_fn(state, batch)
+                batch = {k: global_array(v, bshard[k], (n_micro, rows, t)) for k, v in host.items()}
+            state, metrics = step_fn(state, batch, *extra)
             tokens_since += n_tok
             all_tokens += n_tok
             pending.append((s + 1, epoch, metrics))
@@ -264,7 +300,7 @@ def train(
                 tps = tokens_since / max(now - t_last, 1e-9)
                 for (n, ep, _), m in zip(pending, fetched):
                     rec = {"step": n, "epoch": ep, "loss": float(m["loss"]), "lr": float(m["lr"]),
-                           "grad_norm": float(m["grad_norm"]), "target_tokens": int(m["tokens"]), "tokens_per_s": tps}
+                           "grad_norm": float(m["grad_norm"]), "target_tokens": int(round(float(m["tokens"]))), "tokens_per_s": tps}
                     logger.log(rec)
                     if summary["first_loss"] is None:
                         summary["first_loss"] = rec["loss"]
@@ -276,7 +312,7 @@ def train(
                 bar.update(1)
             if (cfg.save_every and done % cfg.save_every == 0) or done == end:
                 ckpts.save(done, state, {"step": done, "epoch": done // spe, "position": done % spe,
-                                         "steps_per_epoch": spe, "data": fp, "total_steps": total})
+                                         "steps_per_epoch": spe, "data": fp, "total_steps": total, "lora": lora_meta})
         ckpts.wait()
     finally:
         if bar is not None:
@@ -289,19 +325,28 @@ def train(
     ckpts.close()
     if start == end:  # resumed at the very end: fetch the last losses from the log
         summary = {}
-    _finish(out_dir, cfg, config, state.params, tok, tok_dir, summary, total, all_tokens, time.perf_counter() - t_start)
+    _finish(out_dir, cfg, config, state.params, tok, tok_dir, summary, total, all_tokens, time.perf_counter() - t_start,
+            lora, lora_meta, base)
     return _result(out_dir, cfg, total, total)
 
 
-def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, seconds) -> None:
+def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, seconds, lora=None, lora_meta=None, base=None) -> None:
     from ilf_jax.model.convert import export_hf
-    from ilf_jax.model.store import save_model
+    from ilf_jax.model.store import save_adapters, save_model
 
     save_config = config.replace(remat=False)
-    model_dir = save_model(out_dir / MODEL_DIR, save_config, params, tok_dir)
+    if lora is None:
+        model_dir = save_model(out_dir / MODEL_DIR, save_config, params, tok_dir)
+    else:  # adapters only, with a reference to the base; load_model merges them on load
+        model_dir = save_adapters(out_dir / MODEL_DIR, save_config.replace(param_dtype="float32"), lora_meta, params, tok_dir)
     if tok_dir is None and jax.process_index() == 0:
         tok.save_pretrained(str(model_dir))
+    if lora is not None:
+        _export_peft(lora, params, save_config, out_dir / PEFT_DIR, lora_meta["base"])
     if cfg.export_hf:
+        if lora is not None:
+            save_config = save_config.replace(param_dtype="float32")
+            params = jax.jit(lambda b, a: lora.merge(b, a, jax.numpy.float32))(base, params)
         export_hf(params, save_config, out_dir / HF_DIR, tokenizer_dir=model_dir)
     if jax.process_index() == 0:
         losses = [json.loads(line) for line in (out_dir / METRICS).read_text().splitlines() if line.strip()]
@@ -315,6 +360,16 @@ def _finish(out_dir, cfg, config, params, tok, tok_dir, summary, total, tokens, 
         }
         (out_dir / SUMMARY).write_text(json.dumps(rec, indent=2) + "\n")
     barrier("train_finish")
+
+
+def _export_peft(lora: Lora, adapters: Any, config: ModelConfig, out_dir: pathlib.Path, base_dir: str) -> None:
+    """The adapters as a PEFT LoRA directory (fetching is collective; process 0 writes)."""
+    from ilf_jax.model.lora import export_peft
+    from ilf_jax.model.family import weight_map
+
+    host = fetch(adapters)
+    if jax.process_index() == 0:
+        export_peft(lora, host, weight_map(config), out_dir, base_dir)
 
 
 def _result(out_dir: pathlib.Path, cfg: TrainConfig, steps: int, total: int) -> TrainResult:
@@ -331,7 +386,7 @@ def _result(out_dir: pathlib.Path, cfg: TrainConfig, steps: int, total: int) -> 
 
 def evaluate(
     params: Any,
-    config: CodeGenConfig,
+    config: ModelConfig,
     tokenizer: Any,
     examples: Sequence[Example],
     batch_size: int = 8,

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from ilf_jax.model.codegen import abstract_params
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.family import ModelConfig, abstract_params
+from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.distributed import put_global
-from ilf_jax.parallel.sharding import param_shardings, replicated
+from ilf_jax.parallel.sharding import param_shardings, replicated, tree_shardings
 
 
 @flax.struct.dataclass
@@ -25,11 +25,18 @@ class TrainState:
     opt_state: Any
 
 
-def state_shardings(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def trainable(config: ModelConfig, mesh: Mesh, lora: Lora | None = None) -> tuple[Any, Any]:
+    """(abstract trainable tree, its NamedShardings): the model's params, or the LoRA adapters
+    (placed by their logical names, like their base kernels)."""
+    if lora is None:
+        return abstract_params(config), param_shardings(config, mesh)
+    return lora.abstract(), tree_shardings(lora.specs(), lora.abstract(), mesh)
+
+
+def state_shardings(config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, lora: Lora | None = None) -> TrainState:
     """NamedShardings for every leaf: params by the rule table, Adam moments like their params,
-    scalars (step, counts) replicated."""
-    pshard = param_shardings(config, mesh)
-    shapes = abstract_params(config)
+    scalars (step, counts) replicated. With `lora`, the trained params are the adapters."""
+    shapes, pshard = trainable(config, mesh, lora)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     rep = replicated(mesh)
     opt_shard = optax.tree_map_params(
@@ -43,10 +50,10 @@ def state_shardings(config: CodeGenConfig, tx: optax.GradientTransformation, mes
     return TrainState(step=rep, params=pshard, opt_state=opt_shard)
 
 
-def abstract_state(config: CodeGenConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, lora: Lora | None = None) -> TrainState:
     """ShapeDtypeStructs carrying shardings: the restore target for a checkpoint on `mesh`."""
-    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), abstract_params(config))
-    shard = state_shardings(config, tx, mesh)
+    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), trainable(config, mesh, lora)[0])
+    shard = state_shardings(config, tx, mesh, lora)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard)
 
 

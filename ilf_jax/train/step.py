@@ -1,10 +1,14 @@
 """Masked causal-LM loss, the jitted sharded train step (lax.scan gradient accumulation) and eval.
 
 A batch is a dict of [accum, rows, T] arrays (see `data.make_batch`): `tokens`, `targets`
-(next tokens), `weights` (1 where the target is a target-side token), `valid`. The loss of a
-step is the mean NLL over all weighted tokens of the whole effective batch: each micro-batch
-adds its summed NLL, its token count and the gradient of the sum, and the step divides once,
-so accumulating micro-batches equals one big batch exactly (up to summation order).
+(next tokens), `weights` (> 0 where the target is a target-side token), and either `valid`
+(padded rows) or `segments` + `positions` (packed rows, `data.make_packed_batch`). The loss of a
+step is the weighted mean NLL over the whole effective batch: each micro-batch adds its summed
+weighted NLL, its summed weight and the gradient of the sum, and the step divides once, so
+accumulating micro-batches equals one big batch exactly (up to summation order).
+
+With a `Lora`, the trained pytree is the adapters: the step takes the frozen base params as a
+third argument and the loss sees `lora.merge(base, adapters)`.
 """
 
 from __future__ import annotations
@@ -18,18 +22,26 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ilf_jax.model.codegen import forward, lm_head_logits
-from ilf_jax.model.config import CodeGenConfig
+from ilf_jax.model.common import lm_head_logits
+from ilf_jax.model.family import ModelConfig, forward, lm_head
+from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.sharding import batch_sharding, constrainer, replicated
 from ilf_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> jax.Array:
-    """NLL of every target [B, T] (fp32), unweighted."""
+def _inputs(batch: Batch, constrain) -> dict[str, Any]:
+    """The forward's mask arguments of a padded or a packed batch."""
     kwargs = {} if constrain is None else {"constrain": constrain}
-    logits, _ = forward(params, batch["tokens"], config, valid=batch["valid"], **kwargs)
+    if "segments" in batch:
+        return {**kwargs, "segments": batch["segments"], "positions": batch["positions"]}
+    return {**kwargs, "valid": batch["valid"]}
+
+
+def token_nll(params: Any, batch: Batch, config: ModelConfig, constrain=None) -> jax.Array:
+    """NLL of every target [B, T] (fp32), unweighted."""
+    logits, _ = forward(params, batch["tokens"], config, **_inputs(batch, constrain))
     # logsumexp - logit[target]. The target logit is picked with a one-hot product rather than a
     # gather: with the vocabulary sharded over 'tensor' it reduces locally (no all-gather of the
     # logits), and its backward is elementwise instead of a scatter.
@@ -38,17 +50,16 @@ def token_nll(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) 
     return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
-def loss_sums(params: Any, batch: Batch, config: CodeGenConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
+def loss_sums(params: Any, batch: Batch, config: ModelConfig, constrain=None) -> tuple[jax.Array, jax.Array]:
     """(summed NLL over weighted tokens, number of weighted tokens) of one [B, T] batch.
 
     The LM head and cross-entropy are fused (`_weighted_nll`): logits are never kept for the
     backward pass, and the vocabulary-wide softmax is computed once instead of twice.
     """
-    kwargs = {} if constrain is None else {"constrain": constrain}
-    hidden, _ = forward(params, batch["tokens"], config, valid=batch["valid"], hidden_only=True, **kwargs)
+    hidden, _ = forward(params, batch["tokens"], config, hidden_only=True, **_inputs(batch, constrain))
     w = batch["weights"].astype(jnp.float32)
-    head = params["lm_head"]
-    return _weighted_nll(hidden, head["kernel"], head["bias"], batch["targets"], w, config, constrain), jnp.sum(w)
+    kernel, bias = lm_head(params, config)
+    return _weighted_nll(hidden, kernel, bias, batch["targets"], w, config, constrain), jnp.sum(w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -72,14 +83,14 @@ def _weighted_nll_fwd(hidden, kernel, bias, targets, weights, config, constrain)
     d = dlogits.astype(dtype)
     dhidden = (d @ kernel.astype(dtype).T).astype(hidden.dtype)
     dkernel = jnp.einsum("bte,btv->ev", hidden.astype(dtype), d).astype(kernel.dtype)
-    dbias = jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
+    dbias = None if bias is None else jnp.sum(dlogits, axis=(0, 1)).astype(bias.dtype)
     return jnp.sum(nll * weights), (dhidden, dkernel, dbias, targets, weights)
 
 
 def _weighted_nll_bwd(config, constrain, res, g):
     dhidden, dkernel, dbias, targets, weights = res
     zero_targets = np.zeros(targets.shape, dtype=jax.dtypes.float0)
-    return g * dhidden, g * dkernel, g * dbias, zero_targets, jnp.zeros_like(weights)
+    return g * dhidden, g * dkernel, None if dbias is None else g * dbias, zero_targets, jnp.zeros_like(weights)
 
 
 _weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
@@ -89,13 +100,15 @@ def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
     """[accum, rows, T] arrays: rows over the batch axes ('data', 'fsdp'), the rest replicated."""
     spec = batch_sharding(mesh, 2).spec
     sharding = NamedSharding(mesh, PartitionSpec(None, *spec))
-    return {k: sharding for k in ("tokens", "targets", "weights", "valid")}
+    return {k: sharding for k in ("tokens", "targets", "weights", "valid", "segments", "positions")}
 
 
-def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain=None, grad_shardings=None):
-    """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count)."""
+def accumulate_grads(params: Any, batch: Batch, config: ModelConfig, constrain=None, grad_shardings=None,
+                     to_model: Callable[[Any], Any] = lambda p: p):
+    """lax.scan over the leading micro-batch axis: (summed grads fp32, summed NLL, token count).
+    `to_model` maps the trained pytree to the model's params (LoRA: merges the adapters)."""
 
-    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(p, mb, config, constrain), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(to_model(p), mb, config, constrain), has_aux=True)
 
     def micro(carry, mb):
         gsum, lsum, count = carry
@@ -114,7 +127,7 @@ def accumulate_grads(params: Any, batch: Batch, config: CodeGenConfig, constrain
 
 
 def make_train_step(
-    config: CodeGenConfig,
+    config: ModelConfig,
     tx: optax.GradientTransformation,
     mesh: Mesh,
     shardings: TrainState,
@@ -122,16 +135,22 @@ def make_train_step(
     *,
     return_grads: bool = False,
     donate: bool = True,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    lora: Lora | None = None,
+    base_shardings: Any = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
+    With `lora`: `step(state, batch, base_params)`, the state holding only the adapters.
 
     Metrics: loss (mean target NLL), grad_norm (before clipping), lr (of this step), tokens
-    (weighted target tokens), and with `return_grads` the averaged gradients (for tests).
+    (summed target weights: tokens, or examples with example weighting), and with
+    `return_grads` the averaged gradients (for tests).
     """
     constrain = constrainer(mesh)
+    dtype = jnp.dtype(config.dtype)
 
-    def step(state: TrainState, batch: Batch):
-        gsum, lsum, count = accumulate_grads(state.params, batch, config, constrain, shardings.params)
+    def step(state: TrainState, batch: Batch, base: Any = None):
+        to_model = (lambda p: p) if lora is None else (lambda p: lora.merge(base, p, dtype))
+        gsum, lsum, count = accumulate_grads(state.params, batch, config, constrain, shardings.params, to_model)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, gsum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -150,15 +169,18 @@ def make_train_step(
     metric_shardings = {"loss": rep, "grad_norm": rep, "tokens": rep, "lr": rep}
     if return_grads:
         metric_shardings["grads"] = shardings.params
+    # One sharding for every batch array (a pytree prefix): padded and packed batches alike.
+    bshard = batch_shardings(mesh)["tokens"]
+    in_shardings = (shardings, bshard) if lora is None else (shardings, bshard, base_shardings)
     return jax.jit(
-        step,
-        in_shardings=(shardings, batch_shardings(mesh)),
+        step if lora is not None else (lambda state, batch: step(state, batch)),
+        in_shardings=in_shardings,
         out_shardings=(shardings, metric_shardings),
         donate_argnums=(0,) if donate else (),
     )
 
 
-def make_eval_step(config: CodeGenConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+def make_eval_step(config: ModelConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """`eval(params, batch[B, T]) -> (summed NLL per row, target tokens per row)`, jitted."""
     constrain = None if mesh is None else constrainer(mesh)
 

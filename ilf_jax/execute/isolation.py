@@ -1,0 +1,189 @@
+"""Kernel isolation for one job (Linux, through libc): namespaces, a private read-only root, limits, no privileges.
+
+`new_pid_namespace` (in the zygote, before it forks the job's init) and `enter_namespaces` (in the
+init) give the job new PID, mount, IPC and network namespaces; `build_root` (in the init, pid 1) pivots into a fresh root: read-only
+binds of the system and Python directories, a few device nodes, a new /proc, and one size-capped
+tmpfs for /tmp, /var/tmp and /dev/shm. Nothing else of the host (the caller's files, other jobs,
+their temporary files) exists in it. `confine` is the program process's last step as root: its own
+uid, resource limits, no capabilities, no new privileges.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import resource
+import signal
+from typing import Any
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 4, 38, 36
+PR_CAPBSET_DROP, PR_SET_SECUREBITS = 24, 28
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}
+SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin", "/etc")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+WORK_DIR = "/tmp/work"  # the program's cwd and HOME inside the sandbox
+NAMESPACES = "mount+pid+ipc+net namespaces, private read-only root, per-job tmpfs"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {target}")
+
+
+def new_pid_namespace(own: int) -> None:
+    """The next child of this process is pid 1 of a new PID namespace (`own`: an fd of this process's own)."""
+    _check(_libc.setns(own, CLONE_NEWPID), "setns")
+    _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
+
+
+def _bind(src: str, dst: str, flags: int = MS_RDONLY | MS_NOSUID | MS_NODEV) -> None:
+    mount(src, dst, None, MS_BIND | MS_REC)
+    mount(None, dst, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def _mkfile(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+
+def build_template(binds: list[str], hide: list[str]) -> None:
+    """Move this process (the zygote) into its own mount namespace and pivot it into the jobs' root:
+    `binds` read-only, `hide` masked, device nodes, empty /tmp and /proc to mount on per job,
+    /var/tmp and /dev/shm pointing at /tmp. The host's other mounts are detached from it."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare mount")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    new = "/tmp"  # only the staging mount point, in this mount namespace; it becomes the root
+    mount("ilf-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for src in binds:
+        dst = new + src
+        if os.path.islink(src):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src):
+            os.makedirs(dst, exist_ok=True)
+            _bind(src, dst)
+    for path in hide:
+        dst = new + path
+        if os.path.lexists(dst) and not os.path.islink(dst):
+            if os.path.isdir(dst):
+                mount("ilf-hidden", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0")
+            else:
+                _bind("/dev/null", dst)
+    os.makedirs(new + "/dev", exist_ok=True)
+    for dev in DEVICES:
+        _mkfile(f"{new}/dev/{dev}")
+        mount(f"/dev/{dev}", f"{new}/dev/{dev}", None, MS_BIND)
+        mount(None, f"{new}/dev/{dev}", None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("shm", "/tmp")):
+        os.symlink(target, f"{new}/dev/{name}")
+    os.makedirs(new + "/var", exist_ok=True)
+    os.symlink("/tmp", new + "/var/tmp")
+    os.mkdir(new + "/tmp")
+    os.mkdir(new + "/proc")
+    mount(None, new, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.chdir(new)
+    _pivot_root()
+
+
+def enter_job_root(tmpfs_kb: int, uid: int) -> None:
+    """In a job's init (pid 1 of its PID namespace, in the zygote's root): new mount, IPC and network
+    namespaces, a private tmpfs of `tmpfs_kb` on /tmp (WORK_DIR in it belongs to `uid`), a fresh /proc."""
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+    mount("ilf-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(tmpfs_kb, 64)}k,mode=1777")
+    os.mkdir(WORK_DIR, 0o700)
+    os.chown(WORK_DIR, uid, uid)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _pivot_root() -> None:
+    """pivot_root(".", "."), then detach the old root stacked under the new one."""
+    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    if nr is None:
+        raise OSError(0, f"pivot_root: unknown syscall number on {platform.machine()}")
+    _check(_libc.syscall(nr, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+
+
+def confine(limits: dict[str, int], uid: int | None) -> None:
+    """Own session, rlimits, an unprivileged uid of its own (when root), no capabilities, death with the parent."""
+    os.setsid()
+    mb = 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_kb"] * 1024,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (1 << 16,) * 2)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
+    drop_capabilities()
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # CPython ignores it; we want the kill -> output_limit
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> None:
+    """No capabilities left, none to regain (bounding set, no_new_privs); a no-op for an unprivileged uid."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break
+    _check(_libc.capset(ctypes.byref(_CapHeader(0x20080522, 0)), (_CapData * 2)()), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def python_dirs(sys_path: list[str], exclude: list[str]) -> list[str]:
+    """The directories on sys.path the program's imports need, minus `exclude` (the package root, cwd)."""
+    out = []
+    for p in sys_path:
+        if not p or not os.path.isdir(p):
+            continue
+        real = os.path.realpath(p)
+        if any(real == e or real.startswith(e.rstrip("/") + "/") for e in exclude):
+            continue
+        if real not in out:
+            out.append(real)
+    return out
+
+
+def describe_isolation(namespaces: bool, uid: bool, reason: str = "") -> str:
+    """The isolation in force, as recorded in each result."""
+    parts = [NAMESPACES if namespaces else f"no namespaces ({reason})" if reason else "no namespaces"]
+    parts.append("own uid" if uid else "caller's uid, no capabilities")
+    parts.append("rlimits (memory, processes, file size, CPU) + CPU-time timeout")
+    return "; ".join(parts)
+

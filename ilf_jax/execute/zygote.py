@@ -1,0 +1,197 @@
+"""The zygote: forked by a worker before any job arrives, it makes each job's sandbox ahead of time.
+
+Asked over a unix socket (with the job's pipe ends passed as file descriptors), it forks the job's
+init as pid 1 of a new PID namespace and hands the worker a pidfd of it. The zygote itself lives in
+the jobs' read-only root (isolation.build_template); the init enters new mount, IPC and network
+namespaces, mounts its private /tmp and /proc, forks the program process, which
+confines itself (own uid, limits, no capabilities) and waits for the judge's `load`, and then
+reports the job's CPU time and the program's exit. The zygote never holds a program, a test or a
+result, so no job's sandbox starts with another job's data in its memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import struct
+from typing import Any, NoReturn
+
+from ilf_jax.execute import isolation, program
+
+POLL_S, MAX_POLL_S = 0.02, 0.25
+_CLK = os.sysconf("SC_CLK_TCK")
+N_FDS = 6  # request read end, reply write end, stdout, stderr, status write end, lifeline read end
+
+
+def start(cfg: dict[str, Any], close: list[int]) -> tuple[int, socket.socket]:
+    """Fork the zygote (it closes the worker's fds in `close`); (its pid, the worker's end of its socket)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            for fd in close:
+                os.close(fd)
+            _serve(theirs, cfg)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return pid, ours
+
+
+def spawn(sock: socket.socket, fds: list[int], request: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Ask the zygote for a sandbox on these pipe ends: ({"pid": init pid, "error": ...}, a pidfd of the init)."""
+    socket.send_fds(sock, [json.dumps(request).encode()], fds)
+    msg, got, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+    if not msg or len(got) != 1:
+        for fd in got:
+            os.close(fd)
+        raise OSError("the zygote is gone")
+    return json.loads(msg), got[0]
+
+
+def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
+    isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    root_error = ""
+    if cfg["isolate"]:
+        try:
+            isolation.build_template(cfg["binds"], cfg["hide"])
+        except OSError as e:
+            root_error = f"the sandbox root could not be built: {e}"
+    gc.freeze()
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, N_FDS)
+        if not msg:
+            return
+        _reap()
+        request = json.loads(msg)
+        error = root_error if request["namespaces"] else ""
+        if request["namespaces"] and not error:
+            try:
+                isolation.new_pid_namespace(own_pid_ns)
+            except OSError as e:
+                error = str(e)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                os.close(own_pid_ns)
+                _init(request, fds, cfg, request["namespaces"] and not error)
+            finally:
+                os._exit(0)
+        pidfd = os.pidfd_open(pid)  # before any reaping: it names this init, never a reused pid
+        for fd in fds:
+            os.close(fd)
+        socket.send_fds(sock, [json.dumps({"pid": pid, "error": error}).encode()], [pidfd])
+        os.close(pidfd)
+
+
+def _reap() -> None:
+    """Collect the inits that have ended (they are our children)."""
+    while True:
+        try:
+            if not os.waitpid(-1, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+
+
+def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], namespaces: bool) -> NoReturn:
+    """The job's init: build the sandbox, fork the program, report its wait status, reap until told to go."""
+    req_r, rep_w, out_w, err_w, status_w, life_r = fds
+    try:
+        try:
+            isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # with the zygote, so with the worker
+            isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
+            if namespaces:
+                isolation.enter_job_root(cfg["limits"]["output_kb"] + 1024, request["uid"])
+            elif request["namespaces"]:
+                raise OSError(0, "no namespaces for this sandbox")
+            else:
+                isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
+                os.chdir(request["dir"])
+        except Exception as e:  # noqa: BLE001 - reported to the worker, which falls back
+            os.write(status_w, b"F" + f"{type(e).__name__}: {e}"[:500].encode())
+            os._exit(1)
+        pid = os.fork()
+        if pid == 0:
+            os.close(status_w)
+            os.close(life_r)
+            _program(req_r, rep_w, out_w, err_w, request, cfg)
+        for fd in (req_r, rep_w, out_w, err_w):
+            os.close(fd)
+        os.write(status_w, b"R")
+        _watch(pid, status_w, life_r, namespaces, cfg["timeout"])
+    finally:
+        os._exit(0)
+
+
+def job_cpu(namespaces: bool, program_pid: int) -> float:
+    """CPU seconds of the job: every process of its PID namespace (each with what it reaped), else the program's."""
+    ticks = 0
+    pids = [p for p in os.listdir("/proc") if p.isdigit()] if namespaces else [str(program_pid)]
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                ticks += sum(int(x) for x in f.read().rsplit(b")", 1)[1].split()[11:15])
+        except (OSError, ValueError, IndexError):
+            continue
+    seconds = ticks / _CLK
+    if not namespaces:
+        t = os.times()
+        seconds += t.children_user + t.children_system
+    return seconds
+
+
+def _watch(pid: int, status_w: int, life_r: int, namespaces: bool, cfg_timeout: float) -> None:
+    """Report the job's CPU time as it grows and the program's wait status; reap orphans; end with the lifeline."""
+    pidfd = os.pidfd_open(pid)
+    watched, last, limit = [pidfd, life_r], 0.0, cfg_timeout
+    while True:
+        # poll often only near the CPU limit: an idle sandbox costs (almost) nothing
+        ready = select.select(watched, [], [], min(MAX_POLL_S, max(POLL_S, (limit - last) / 4)))[0]
+        if life_r in ready:
+            return
+        cpu = job_cpu(namespaces, pid)
+        if cpu != last:
+            os.write(status_w, b"C" + struct.pack(">d", cpu))
+            last = cpu
+        while True:
+            try:
+                child, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if not child:
+                break
+            if child == pid:
+                os.write(status_w, b"S" + struct.pack(">i", status))
+                watched.remove(pidfd)
+
+
+def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: dict[str, Any], cfg: dict[str, Any]) -> NoReturn:
+    """The program process: standard streams, the two channel fds at 3 and 4, confinement, then serve."""
+    try:
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (out_w, err_w, req_r, rep_w)]
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        for fd, target in zip(high, (1, 2, 3, 4)):
+            os.dup2(fd, target)
+        os.closerange(5, 1 << 16)
+        home = isolation.WORK_DIR if request["namespaces"] else request["dir"]
+        os.chdir(home)
+        os.environ.clear()
+        os.environ.update(HOME=home, TMPDIR=home, TMP=home, TEMP=home, PATH="/usr/bin:/bin", LANG="C.UTF-8",
+                          PYTHONHASHSEED="0")
+        isolation.confine(cfg["limits"], request["uid"] if cfg["own_uid"] else None)
+        import faulthandler
+
+        faulthandler.enable()
+        program.serve(3, 4, cfg["error_chars"])
+    finally:
+        os._exit(70)

@@ -1,0 +1,164 @@
+"""Pieces every model family shares: masks and positions from left-padded batches, the
+activation-sharding hook type, masked (grouped-query) softmax attention in fp32, the LM head,
+the KV cache, and the functional API (init, shapes, axes, forward) around a Linen module."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = Any  # a nested dict of arrays
+Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batch, heads, slots, head_dim]
+
+Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    return x
+
+
+def causal_mask(valid: jax.Array) -> jax.Array:
+    """[B, T, T] attention mask from a [B, T] validity mask (left padding): causal and no pads."""
+    t = valid.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    return causal[None] & valid[:, None, :].astype(bool)
+
+
+def segment_mask(segments: jax.Array) -> jax.Array:
+    """[B, T, T] mask of packed rows from segment ids [B, T] (0: padding): causal, within a segment."""
+    t = segments.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    same = segments[:, :, None] == segments[:, None, :]
+    return causal[None] & same & (segments[:, None, :] > 0)
+
+
+def positions_from_mask(valid: jax.Array) -> jax.Array:
+    """Position ids that start at 0 on each row's first real token (left padding gets 0)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def resolve_inputs(
+    tokens: jax.Array,
+    positions: jax.Array | None,
+    mask: jax.Array | None,
+    valid: jax.Array | None,
+    segments: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(positions, mask) of a forward call: from `segments` (packed rows, with the caller's
+    positions) or `valid` (left padding) unless both are given."""
+    if segments is not None and mask is None:
+        if positions is None:
+            raise ValueError("forward: pass positions together with segments")
+        mask = segment_mask(segments)
+    if mask is None:
+        if valid is None:
+            valid = jnp.ones(tokens.shape, bool)
+        mask = causal_mask(valid)
+        if positions is None:
+            positions = positions_from_mask(valid)
+    if positions is None:
+        raise ValueError("forward: pass positions together with an explicit mask")
+    return positions, mask
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Softmax attention of q [B, H, T, D] over k, v [B, KV, S, D] (H a multiple of KV: grouped
+    queries), mask [B, T, S]; scores and softmax in fp32. Returns [B, T, H * D] in `dtype`."""
+    b, h, t, d = q.shape
+    kv = k.shape[1]
+    q = q.reshape(b, kv, h // kv, t, d)  # each kv head serves h // kv consecutive query heads
+    scores = jnp.matmul(q.astype(jnp.float32), k.astype(jnp.float32)[:, :, None].swapaxes(-1, -2))
+    scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(d)), _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.matmul(probs, v.astype(dtype)[:, :, None])  # [B, KV, G, T, D]
+    return out.reshape(b, h, t, d).transpose(0, 2, 1, 3).reshape(b, t, h * d)
+
+
+def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None, config) -> jax.Array:
+    """fp32 logits from final hidden states and an LM head (kernel [E, V], optional bias), in the
+    config's compute dtype, exactly as the models compute them."""
+    dtype = jnp.dtype(config.dtype)
+    logits = hidden.astype(dtype) @ kernel.astype(dtype)
+    if bias is not None:
+        logits = logits + bias.astype(dtype)
+    return logits.astype(jnp.float32)
+
+
+def run_blocks(block: type, config: Any, constrain: Constrain, prefix: str, x, sin, cos, mask, cache, cache_index):
+    """Inside a compact module: `config.n_layer` blocks named `prefix{i}` (rematerialised with
+    `config.remat`), each fed its layer of the cache. Returns (x, new cache or None)."""
+    block = nn.remat(block, static_argnums=()) if config.remat else block
+    new_cache = []
+    for i in range(config.n_layer):
+        layer_cache = None if cache is None else cache[i]
+        x, c = block(config, constrain, name=f"{prefix}{i}")(x, sin, cos, mask, layer_cache, cache_index)
+        new_cache.append(c)
+    return x, (None if cache is None else new_cache)
+
+
+def empty_cache(layers: int, batch: int, heads: int, slots: int, head_dim: int, dtype: Any) -> Cache:
+    """A zero KV cache: `layers` entries of {"k", "v"} [batch, heads, slots, head_dim]."""
+    shape = (batch, heads, slots, head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(layers)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenModel:
+    """The functional API of a causal-LM Linen module built as `module(config, constrain)` and
+    called as (tokens, positions, mask, cache, cache_index, last_only, hidden_only)."""
+
+    module: type
+
+    def _init_fn(self, config: Any) -> Callable[[jax.Array], Params]:
+        tokens = jnp.zeros((1, 1), jnp.int32)
+        return lambda rng: self.module(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
+
+    def param_specs(self, config: Any) -> Params:
+        """The logical axis names of every parameter, as a pytree of `PartitionSpec`s of logical names."""
+        return nn.get_partition_spec(jax.eval_shape(self._init_fn(config), jax.random.key(0)))
+
+    def abstract_params(self, config: Any) -> Params:
+        """Shapes and dtypes of every parameter (`jax.ShapeDtypeStruct`s), with nothing allocated."""
+        return nn.meta.unbox(jax.eval_shape(self._init_fn(config), jax.random.key(0)))
+
+    def init_params(self, config: Any, rng: jax.Array) -> Params:
+        """Random parameters (normal(0.02) weights, zero biases, unit norms), as a plain pytree."""
+        return nn.meta.unbox(self._init_fn(config)(rng))
+
+    def forward(
+        self,
+        params: Params,
+        tokens: jax.Array,
+        config: Any,
+        *,
+        positions: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        valid: jax.Array | None = None,
+        segments: jax.Array | None = None,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int = 0,
+        constrain: Constrain = no_constraint,
+        last_only: bool = False,
+        hidden_only: bool = False,
+    ) -> tuple[jax.Array, Cache | None]:
+        """Logits [B, T, vocab] (fp32; [B, 1, vocab] with `last_only`) and the updated cache.
+
+        With `hidden_only`, the final hidden states [B, T, E] (compute dtype) instead of logits, for
+        callers that apply the LM head themselves (see `lm_head_logits`).
+
+        Without a cache, `valid` ([B, T], left padding) gives the causal mask and positions. With a
+        cache, the caller passes `positions` [B, T] and `mask` [B, T, slots]; the T new keys are
+        written at `cache_index`. `segments` ([B, T] ids, 0 for padding) packs several sequences in a
+        row: attention stays inside a segment; pass each segment's `positions` (restarting at 0).
+        """
+        positions, mask = resolve_inputs(tokens, positions, mask, valid, segments)
+        return self.module(config, constrain).apply(
+            {"params": params}, tokens, positions, mask, cache, cache_index, last_only, hidden_only
+        )

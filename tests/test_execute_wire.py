@@ -1,0 +1,131 @@
+"""The plain-data codec between judge and program: exact types only, shared structure, argument write-back."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, OrderedDict, defaultdict, deque
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+
+from ilf_jax.execute import wire
+
+VALUES = [None, True, 0, -(10 ** 40), 2 ** 62, 1.5, float("inf"), -0.0, 1 + 2j, "s\ud800", b"\x00\xff",
+          bytearray(b"ab"), [1, [2]], (1, (2,)), {"a": 1, (1, 2): [3]}, {1, 2}, frozenset({3}), range(1, 9, 2),
+          Ellipsis, Counter("aab"), OrderedDict(b=1, a=2), defaultdict(list, a=[1]), deque([1, 2], maxlen=3),
+          Decimal("1.10"), Fraction(1, 3), int, type(None)]
+
+
+def _roundtrip(value):
+    tree = json.loads(json.dumps(wire.Encoder().encode(value)))
+    return wire.Decoder().decode(tree)
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_roundtrip_keeps_value_and_exact_type(value):
+    back = _roundtrip(value)
+    assert type(back) is type(value) and (back == value or value != value)
+    if isinstance(value, deque):
+        assert back.maxlen == value.maxlen
+    if isinstance(value, defaultdict):
+        assert back.default_factory is list
+
+
+def test_subclasses_and_foreign_objects_are_not_plain():
+    class I(int):
+        pass
+
+    for v in (I(1), [I(1)], {"k": object()}, {I(1): 2}):
+        with pytest.raises(wire.NotPlain):
+            wire.Encoder().encode(v)
+    handles = []
+    tree = wire.Encoder(lambda o: handles.append(o) or len(handles) - 1).encode([I(1)])
+    assert tree == ["L", ["H", 0, "I"]] and handles == [I(1)]
+
+
+def test_shared_and_cyclic_structure():
+    inner = [1]
+    cyc: list = [inner, inner]
+    cyc.append(cyc)
+    back = _roundtrip(cyc)
+    assert back[0] is back[1] and back[2] is back
+
+
+def test_too_deep_is_refused():
+    deep: list = []
+    for _ in range(wire.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(wire.NotPlain):
+        wire.Encoder().encode(deep)
+
+
+@pytest.mark.parametrize("tree", [{"a": 1}, [], [1], ["L", {}], ["R", 0], ["S", ["L"]], ["D", 1], ["I", 5],
+                                  ["Q", 1, 0], ["Zz"], ["Ty", "eval"], ["B", 1], ["W", -1], ["DD", "lambda"]])
+def test_malformed_trees_are_rejected(tree):
+    with pytest.raises(wire.Malformed):
+        wire.Decoder().decode(tree)
+
+
+def test_write_back_updates_the_callers_objects_in_place():
+    args = ([3, 1], {"k": 1}, {1})
+    enc = wire.Encoder()
+    enc.encode(args)
+    mutated = ([1, 3, 4], {"k": 2}, {1, 5})
+    trees = [json.loads(json.dumps(wire.Encoder(memo={}).encode(m, fresh=True))) for m in mutated]
+    for target, tree in zip(enc.keep, trees):
+        wire.write_back(target, wire.Decoder().decode(tree, fresh=True))
+    assert args == ([1, 3, 4], {"k": 2}, {1, 5})
+    with pytest.raises(wire.Malformed):
+        wire.write_back([1], {1: 2})
+
+
+def test_frames_reject_garbage_and_oversize():
+    msg = wire.frame(["ok", [1]])
+    assert wire.unframe(msg + b"rest", 100) == (["ok", [1]], b"rest")
+    assert wire.unframe(msg[:3], 100)[0] is wire.INCOMPLETE
+    with pytest.raises(wire.Malformed):
+        wire.unframe(b'{"kind": "passed"}', 100)
+    with pytest.raises(wire.TooBig):
+        wire.unframe(msg, 2)
+
+
+def _judge(program: str, test: str) -> dict:
+    """Judge + program process over plain pipes (no sandbox): the protocol's semantics alone."""
+    import os
+
+    from ilf_jax.execute import judge, program as prog
+
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(req_w)
+        os.close(rep_r)
+        prog.serve(req_r, rep_w, 2000)
+    os.close(req_r)
+    os.close(rep_w)
+    try:
+        return judge.judge({"program": program, "test": test, "entry_point": ""}, judge.Pipes(req_w, rep_r),
+                           {"error_chars": 2000, "frames": 3, "reply_bytes": 1 << 20})
+    finally:
+        os.close(req_w)
+        os.close(rep_r)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("program,test,kind", [
+    ("def f(x, k=0):\n    return x + k\n", "assert f(1, k=2) == 3", "passed"),
+    ("import math\nLIMIT = {'a': (1, 2)}\ndef f(x):\n    return math.sqrt(x)\n",
+     "assert math.isclose(f(4), 2.0) and LIMIT == {'a': (1, 2)}", "passed"),
+    ("from collections import Counter\ndef f(s):\n    return Counter(s)\n", "assert f('aab') == Counter(a=2, b=1)", "passed"),
+    ("class E(KeyError):\n    pass\ndef f(x):\n    raise E(x)\n", "try:\n    f(1)\nexcept KeyError:\n    pass\nelse:\n    assert False",
+     "passed"),
+    ("def f(x):\n    return iter(x)\n", "try:\n    assert f([1]) == 1\nexcept BaseException:\n    pass", "failed"),
+    ("def f(x):\n    raise MemoryError\n", "f(1)", "memory"),
+    ("TABLE = list(range(10 ** 5))\ndef f(i):\n    return TABLE[i]\n", "assert f(7) == 7", "passed"),
+    ("def f(d):\n    d['n'] = d.get('n', 0) + 1\n", "d = {}\nf(d)\nf(d)\nassert d == {'n': 2}", "passed"),
+])
+def test_judge_semantics(program, test, kind):
+    got = _judge(program, test)
+    assert got["kind"] == kind, got
