@@ -230,3 +230,8 @@ def resize_layer(x: jax.Array, col: jax.Array, length: int) -> jax.Array:
     x = jnp.roll(x, -col, axis=2)
     old = x.shape[2]
     return x[:, :, old - length :] if length <= old else jnp.pad(x, ((0, 0), (0, 0), (length - old, 0), (0, 0)))
+
+
+def take_slots(slots: Slots, index: jax.Array) -> Slots:
+    """The slots `index` [m] (in that order) as a set of m slots over the same ring."""
+    return jax.tree.map(lambda a: a[index] if a.ndim else a, slots)
