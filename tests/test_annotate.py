@@ -75,6 +75,7 @@ def test_queue_lease_save_history_export_roundtrip(tmp_path, rows):
         a_item = c.post("/api/next", json={}, headers=h["alice"]).json()["item"]
         b_item = c.post("/api/next", json={}, headers=h["bob"]).json()["item"]
         assert (a_item["task_id"], b_item["task_id"]) == (15, 26)  # queue order, never the same item
+        assert (a_item["split"], b_item["split"]) == ("test", "test")  # shown: the export's guard drops these
         assert a_item["refinement"] == a_item["program"] == rows[15]["original_model_completion"]
         assert "Error" in a_item["error"] or "assert" in a_item["error"]  # the executor's text, computed here
         # a held lease is returned again (a reload), and nobody else can take or save it

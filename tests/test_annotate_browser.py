@@ -72,7 +72,7 @@ def test_annotate_in_a_real_browser(tmp_path, shared_data, browser):
         assert el("refinement").get_property("value") == original
         assert "AssertionError" in el("error").text
         assert "0 of 2 done" in el("progress").text
-        assert el("item-title").text == "Task 641, item 1 of 2"
+        assert el("item-title").text == "Task 641 (train), item 1 of 2"
         assert el("task-text").text == "Write a function to find the nth nonagonal number."
 
         el("feedback").send_keys(XSS)

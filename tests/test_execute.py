@@ -46,12 +46,18 @@ def test_deterministic_across_runs_and_worker_counts():
     assert len(errors) == 1 and "actual:" in errors.pop()
 
 
+def _new_processes(before: set[int]) -> set[int]:
+    """Descendants of this process that are not (below) one that existed before: what an executor left."""
+    now = set(descendants(os.getpid())) - before
+    return now - {d for p in before for d in descendants(p)}  # the module executor makes its next sandboxes
+
+
 def test_dead_worker_is_replaced_and_nothing_is_left():
     before = set(descendants(os.getpid()))  # the module's executor
     with Executor(workers=1, timeout=5) as ex:
         ex._slots[0].proc.kill()  # the worker dies between jobs: the job still gets its verdict
         assert ex.run([Job("a", RIGHT, test_list=("assert f(1) == 2",))])[0].verdict == "passed"
-    assert set(descendants(os.getpid())) <= before
+    assert _new_processes(before) == set()
 
 
 def test_result_records_times_and_isolation(executor):
@@ -70,6 +76,8 @@ def test_in_place_mutation_and_program_objects(executor):
              "assert unbox(b) == 5 and b.get() == 5 and b.v == 5")
     ok, bad = executor.run([Job("ok", prog, test_list=tests), Job("bad", prog, test_list=("assert list(gen(2)) == [0, 1]",))])
     assert ok.verdict == "passed", ok
+    shadow = "def max(*a):\n    return 0\ndef f(x):\n    return x\n"  # the prefetch plan is wrong: run again without
+    assert executor.run([Job("shadow", shadow, test_list=("assert max(1, 2) == 0", "assert f(3) == 3"))])[0].passed
     assert bad.verdict == "failed" and "gen returned a generator, not a plain value" in bad.error
 
 
@@ -84,7 +92,7 @@ def test_fallback_without_namespaces_is_recorded_and_still_judges():
     assert not ex.isolated and ex.isolation.startswith("no namespaces (isolation turned off)")
     assert (ok.verdict, bad.verdict, gone.verdict) == ("passed", "failed", "error"), (ok, bad, gone)
     assert ok.isolation == ex.isolation and "status 3" in gone.error
-    assert set(descendants(os.getpid())) <= before  # the forked sleeper went with its job
+    assert _new_processes(before) == set()  # the forked sleeper went with its job
 
 
 def test_job_needs_tests():
@@ -119,6 +127,18 @@ def test_cli_writes_results_and_resumes(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o600
     assert _ilf(str(inp), "-o", str(out)).returncode == 0
     assert len(out.read_text().splitlines()) == 3  # nothing rerun
+
+
+def test_cli_input_and_output_are_out_of_the_sandboxes_reach(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    probe = f"import os\nseen = [p for p in ({str(inp)!r}, {str(out)!r}, {str(tmp_path)!r}) if os.path.exists(p)]\n"
+    inp.write_text(json.dumps({"id": "p", "program": probe + RIGHT.replace("x + 1", "x + 1 + len(seen)"),
+                               "test_list": ["assert f(1) == 2"]}) + "\n")
+    assert _ilf(str(inp), "-o", str(out)).returncode == 0
+    row = json.loads(out.read_text())
+    if not row["isolation"].startswith("mount+pid"):
+        pytest.skip("no namespaces on this kernel: " + row["isolation"])
+    assert row["verdict"] == "passed", row
 
 
 def test_cli_bad_input_is_one_line_error(tmp_path):

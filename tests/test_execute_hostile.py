@@ -217,6 +217,7 @@ ISOLATED_CASES = [
      "assert len(pids) <= 2, pids\n" + RIGHT, {"passed"}),
     ("finds_no_other_job", "import os\nassert not os.listdir('/tmp/work') and not os.path.exists('/tmp/" + MARK
      + "')\n" + RIGHT, {"passed"}),
+    ("reads_no_source_tree", f"import os\nassert not os.path.exists({__file__!r})\n" + RIGHT, {"passed"}),
     ("no_network_interfaces", "import socket\nassert [n for _, n in socket.if_nameindex()] in ([], ['lo'])\n" + RIGHT,
      {"passed"}),
 ]

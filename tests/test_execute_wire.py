@@ -129,3 +129,27 @@ def _judge(program: str, test: str) -> dict:
 def test_judge_semantics(program, test, kind):
     got = _judge(program, test)
     assert got["kind"] == kind, got
+
+
+@pytest.mark.parametrize("test,expected", [
+    ("assert f(1) == 2\nassert f(2) == 3", [("f", (1,), {}), ("f", (2,), {})]),
+    ("from pytest import approx\ndef check(candidate):\n\tassert candidate([1], k=-2) == approx(1.5), 'm'\n"
+     "\tfor i in range(3):\n\t\tassert candidate(i)\ncheck(g)", [("g", ([1],), {"k": -2})]),
+    ("root = Node(1)\nroot.left = Node(2)\nassert h(root) == 2", [("Node", (1,), {})]),
+    ("assert f(1) or f(2)\nassert f(3)", []),
+    ("def helper(x):\n    return f(x)\nassert helper(1) == 2", []),
+    ("x = [1]\nassert f(x) == 1", []),
+    ("assert f(1).x == 2", []),
+    ("assert f(1) == 1, f(2)", []),
+    ("import math\nassert math.isclose(f(4), 2.0)\nassert f(0) == 0", [("f", (4,), {}), ("f", (0,), {})]),
+    ("assert math.isclose(f(4), 2.0)", []),  # `math` is the program's: reading it is an operation
+])
+def test_prefetch_plan_is_the_straight_line_prefix(test, expected):
+    from ilf_jax.execute.prefetch import plan
+
+    assert list(plan(test)) == expected
+
+
+def test_a_wrong_plan_is_detected_not_used():
+    shadow = "def max(*a):\n    return 0\ndef f(x):\n    return x\n"  # `max` looks like the builtin to the plan
+    assert _judge(shadow, "assert max(1, 2) == 0\nassert f(3) == 3")["kind"] == "rerun"

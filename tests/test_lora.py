@@ -29,7 +29,7 @@ def _lora(targets=ALL, rank=4, alpha=8.0, config=CONFIG):
 def test_sites_from_logical_names_and_sharded_like_their_base():
     sites = projection_sites(param_specs(CONFIG), abstract_params(CONFIG))
     by = {(s.path, s.role): s for s in sites}
-    e, h, d = CONFIG.n_embd, CONFIG.n_head, CONFIG.head_dim
+    h, d = CONFIG.n_head, CONFIG.head_dim
     assert len(sites) == 6 * CONFIG.n_layer
     assert [by[(("h_0", "attn", "qkv"), r)].slot for r in "qkv"] == [0, 1, 2]
     assert by[(("h_0", "attn", "qkv"), "k")].out_shape == (h, d)
@@ -74,6 +74,17 @@ def test_bad_lora_config_fails_with_one_line():
             TrainConfig.from_dict({"lora": bad})
     cfg = TrainConfig.from_dict({"lora": {"rank": 4, "targets": "q"}})
     assert cfg.lora == LoraConfig(rank=4, targets=("q",)) and TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_overrides_make_a_lora_section(tmp_path):
+    from ilf_jax.train.cli import load_run_config
+
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("model: m\ndata: d.jsonl\nout_dir: out\npacking: true\n")
+    _, cfg = load_run_config(yaml_path, ["lora.rank=2", "lora.targets=[q,v]", "lora.base_dtype=bfloat16"])
+    assert cfg.packing and cfg.lora == LoraConfig(rank=2, targets=("q", "v"), base_dtype="bfloat16")
+    _, plain = load_run_config(yaml_path, [])
+    assert plain.lora is None
 
 
 def test_lora_step_keeps_base_identical_and_optimizer_state_adapter_only():
@@ -188,3 +199,33 @@ def test_lora_training_resume_mesh_export_peft_and_sampling(tmp_path, base_dir):
     got = Sampler(merged, config, tok).sample(prompts, sc)
     want = Sampler(hf_params, config, tok).sample(prompts, sc)
     assert [c.text for c in got] == [c.text for c in want] and all(c.num_tokens == 8 for c in got)
+
+
+def test_lora_and_packing_on_the_llama_family(tmp_path):
+    """The same LoRA code on Qwen2 (GQA, qkv biases, tied head): roles found by logical names,
+    packed training, and PEFT's unmerged adapters on transformers' model give our logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ilf_jax.model import family
+    from ilf_jax.model.store import load_adapters, load_model
+    from tests.helpers import tiny_hf_llama
+
+    base = tmp_path / "qwen2"
+    tiny_hf_llama("qwen2-gqa-tied", seed=3, std=0.1).save_pretrained(base)
+    tiny_tokenizer(base)
+    cfg = TrainConfig.from_dict({**LCFG, "mesh": [2, 1, 2], "packing": True, "remat": False, "epochs": 2, "save_every": 0})
+    result = train(base, None, _examples(8), cfg, tmp_path / "out", progress=False)
+    config, params, lora, _ = load_adapters(result.model_dir)
+    assert {(s.path[-1], s.role) for s in lora.sites} == {("q", "q"), ("k", "k"), ("v", "v"), ("o", "out"),
+                                                           ("kernel", "mlp_in"), ("kernel", "mlp_out")}
+    assert len(lora.sites) == 7 * config.n_layer  # gate and up are both mlp_in
+    tokens = np.random.default_rng(1).integers(1, 256, size=(2, 16)).astype(np.int32)
+    _, merged = load_model(result.model_dir)
+    ours = np.asarray(family.forward(merged, tokens, config)[0])
+    assert np.abs(ours - np.asarray(family.forward(params, tokens, config)[0])).max() > 1e-2
+    with torch.no_grad():
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "out" / "peft").eval()
+        theirs = peft(input_ids=torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)

@@ -36,3 +36,22 @@ def test_cache_is_split_over_batch_and_heads():
     whole = cache_bytes(CONFIG, 8, 16, abstract_mesh((1, 1, 1)))
     assert whole == 2 * CONFIG.n_layer * 8 * 16 * CONFIG.n_embd * 4
     assert cache_bytes(CONFIG, 8, 16, abstract_mesh((2, 2, 2))) == whole // 8
+
+
+def test_lora_bytes_match_real_arrays_and_shrink_training_state():
+    from ilf_jax.model.store import lora_of
+    from ilf_jax.parallel.memory import plan
+
+    lora = lora_of(CONFIG, ("q", "v", "mlp_in"), 4, 8.0)
+    tx = make_optimizer(TrainConfig(weight_decay=0.01), total_steps=10)
+    mesh = make_mesh((1, 2, 4))
+    state = init_state(lora.init(jax.random.key(0)), tx, state_shardings(CONFIG, tx, mesh, lora))
+    device = mesh.devices.flat[0]
+    assert param_bytes(CONFIG, abstract_mesh((1, 2, 4)), lora=lora) == device_bytes(state.params, device)
+    assert optimizer_bytes(CONFIG, tx, abstract_mesh((1, 2, 4)), lora=lora) == device_bytes(state.opt_state, device)
+    full = plan(CONFIG, (1, 2, 4), tx, 1, 32, 8, 16)
+    half = CONFIG.replace(param_dtype="bfloat16")
+    small = plan(half, (1, 2, 4), tx, 1, 32, 8, 16, lora=lora)
+    assert small["optimizer"] < full["optimizer"] / 10 and small["grads"] < full["grads"] / 10
+    assert full["params"] / 2 < small["params"] < full["params"] / 2 * 1.2  # bf16 base + fp32 adapters
+    assert 0 < small["lora_merged"] < full["params"]

@@ -10,6 +10,7 @@ import re
 from typing import Any, Iterable
 
 from ilf_jax.data.annotations import check_fields, entry_point_of
+from ilf_jax.data.splits import split_of
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import read_objects
 
@@ -20,7 +21,8 @@ OPTIONAL = ("text", "error", "split", "entry_point")
 @dataclasses.dataclass(frozen=True)
 class Item:
     """One failing program to annotate; `prompt` is the task prompt the program starts with,
-    `test` the `def check(candidate):` block, `error` the executor's text for the program."""
+    `test` the `def check(candidate):` block, `error` the executor's text for the program; `split`
+    defaults to the paper's MBPP split of the id (the one the export's leakage guard applies)."""
 
     task_id: int
     prompt: str
@@ -61,7 +63,7 @@ def item_from_record(rec: dict[str, Any], where: str) -> Item:
         raise IlfError(f"{where}: field 'prompt' has no `def name(...)` line")
     return Item(task_id=tid, prompt=rec["prompt"], test=rec["test"], program=rec["program"], entry_point=entry,
                 text=rec.get("text") or text_of(rec["prompt"]), error=rec.get("error") or "",
-                split=rec.get("split") or "")
+                split=rec.get("split") or (split_of(tid) if 1 <= tid <= 974 else ""))
 
 
 def load_items(path: str | pathlib.Path) -> list[Item]:

@@ -1,4 +1,13 @@
-"""Sandboxed parallel execution of untrusted programs against their unit tests (no JAX here)."""
+"""Sandboxed parallel execution of untrusted programs against their unit tests (no JAX here).
+
+    with Executor(workers=2, timeout=3.0) as ex:        # timeout: CPU seconds per job
+        results = ex.run([Job("1", program, test_list=("assert f(1) == 2",))])   # input order
+        # or ex.imap(jobs): results as they complete
+    results[0].verdict   # one of VERDICTS; .passed, .error (text for feedback), .cpu_s, .duration_s, .isolation
+
+Tests run in a judge that never runs program code; each program runs in its own sandbox
+(pool.py, worker.py, judge.py, zygote.py, isolation.py describe how).
+"""
 
 from ilf_jax.execute.job import VERDICTS, Job, Result
 from ilf_jax.execute.pool import Executor

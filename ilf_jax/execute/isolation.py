@@ -15,7 +15,6 @@ import os
 import platform
 import resource
 import signal
-from typing import Any
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
@@ -166,16 +165,17 @@ def drop_capabilities() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-def python_dirs(sys_path: list[str], exclude: list[str]) -> list[str]:
-    """The directories on sys.path the program's imports need, minus `exclude` (the package root, cwd)."""
+def python_dirs(sys_path: list[str], prefixes: list[str]) -> list[str]:
+    """The directories on sys.path the program's imports need: the standard library and installed
+    packages (under one of `prefixes`, or a site-/dist-packages dir), never a source tree or cwd."""
+    roots = [os.path.realpath(p).rstrip("/") + "/" for p in prefixes]
     out = []
     for p in sys_path:
         if not p or not os.path.isdir(p):
             continue
         real = os.path.realpath(p)
-        if any(real == e or real.startswith(e.rstrip("/") + "/") for e in exclude):
-            continue
-        if real not in out:
+        installed = "site-packages" in real.split("/") or "dist-packages" in real.split("/")
+        if (installed or any((real + "/").startswith(r) for r in roots)) and real not in out:
             out.append(real)
     return out
 

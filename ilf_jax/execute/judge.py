@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
+import functools
 import importlib
+import json
 import linecache
 import operator
 import random
@@ -20,6 +23,7 @@ import traceback
 from typing import Any
 
 from ilf_jax.execute import wire
+from ilf_jax.execute.prefetch import plan
 from ilf_jax.execute.program import STDLIB_BINDABLE, _short
 
 _OPS = {
@@ -51,6 +55,10 @@ class ReplyTooBig(BaseException):
 
 class Stopped(BaseException):
     """The supervisor ended the job (a limit, or its caller went away) while the tests ran."""
+
+
+class PlanDiverged(BaseException):
+    """The tests made a call other than the next prefetched one: the job must run again without a plan."""
 
 
 class Unsendable(BaseException):
@@ -85,12 +93,17 @@ class Channel:
         self.io, self.cap, self.limit = io, cap, limit
         self.poison: str | None = None  # the first misuse of a program object: the job fails whatever follows
         self.proxies: dict[int, Remote] = {}
+        self.top: dict[int, str] = {}  # handles of the program's global names
+        self.planned: collections.deque[tuple[str, str]] = collections.deque()  # prefetched calls not yet used
 
     def request(self, msg: Any) -> Any:
         try:
             self.io.send(msg)
         except OSError:
             raise ProgramGone() from None
+        return self.reply()
+
+    def reply(self) -> Any:
         try:
             reply = self.io.recv(self.cap)
         except wire.TooBig:
@@ -117,7 +130,14 @@ class Channel:
             tree = enc.encode(payload)
         except wire.NotPlain as e:
             raise Unsendable(f"the tests pass {e} to the program, which cannot be sent as plain data") from None
-        reply = self.request(["op", kind, object.__getattribute__(target, "_n"), tree])
+        n = object.__getattribute__(target, "_n")
+        if self.planned:  # the program already ran this call (prefetch.py): its reply is next on the channel
+            if kind != "call" or self.planned[0] != (self.top.get(n), json.dumps(tree)):
+                raise PlanDiverged()
+            self.planned.popleft()
+            reply = self.reply()
+        else:
+            reply = self.request(["op", kind, n, tree])
         if reply[0] == "exc":
             raise remote_exception(reply)
         if reply[0] == "notplain" and len(reply) == 2:
@@ -134,9 +154,17 @@ class Channel:
             raise Tampered() from None
         return values[0]
 
-    def load(self, program: str) -> tuple[str, str] | dict[str, Any]:
-        """Send the program; its bindings for the test namespace, or (kind, error) when it did not load."""
-        reply = self.request(["load", program])
+    def load(self, program: str, plan: tuple = ()) -> tuple[str, str] | dict[str, Any]:
+        """Send the program (and the calls to run right after it); its bindings for the test namespace,
+        or (kind, error) when it did not load."""
+        batch = []
+        for name, args, kwargs in plan:
+            try:
+                batch.append([name, wire.Encoder().encode((args, kwargs))])
+            except wire.NotPlain:
+                break
+        self.planned.extend((name, json.dumps(tree)) for name, tree in batch)
+        reply = self.request(["load", program, batch])
         if reply[0] == "syntax" and len(reply) == 2 and type(reply[1]) is str:
             return "syntax_error", reply[1]
         if reply[0] == "exc":
@@ -159,12 +187,19 @@ class Channel:
                     raise Tampered() from None
             elif kind == "remote" and type(data) is list and len(data) == 3 and type(data[0]) is int:
                 names[name] = self.proxy(data[0], data[1], name)
+                self.top[data[0]] = name
             elif kind == "module" and data in STDLIB_BINDABLE:
                 names[name] = importlib.import_module(data)
             elif kind == "import" and type(data) is list and len(data) == 2 and data[0] in STDLIB_BINDABLE:
                 value = getattr(importlib.import_module(data[0]), str(data[1]), None)
                 if value is not None:
                     names[name] = value
+        remote = set(self.top.values())  # the program ran the planned calls up to the first name not remote
+        for i, (name, _tree) in enumerate(self.planned):
+            if name not in remote:
+                while len(self.planned) > i:
+                    self.planned.pop()
+                break
         return names
 
 
@@ -295,17 +330,19 @@ class _ExplainAsserts(ast.NodeTransformer):
         return ast.copy_location(ast.Expr(call), node)
 
 
+@functools.lru_cache(maxsize=256)  # the samples of one task share their tests
 def compile_test(source: str) -> Any:
     """Test code with explaining asserts, compiled under the file name `<test>`."""
     tree = _ExplainAsserts(source).visit(ast.parse(source, "<test>"))
     return compile(ast.fix_missing_locations(tree), "<test>", "exec")
 
 
-def judge(job: dict[str, Any], io: Any, cfg: dict[str, Any]) -> dict[str, str]:
+def judge(job: dict[str, Any], io: Any, cfg: dict[str, Any], prefetch: bool = True) -> dict[str, str]:
     """Run one job's tests against the program behind `io`: {"kind", "error"}.
 
     Kinds beyond the verdicts: "gone" (the program process ended or closed its channel; its exit
-    status decides) and "stopped" (the supervisor ended the job; its reason decides).
+    status decides), "stopped" (the supervisor ended the job; its reason decides) and "rerun" (the
+    prefetched calls were not the tests' calls: run the job again with `prefetch=False`).
     """
     limit, frames = cfg["error_chars"], cfg["frames"]
     chan = Channel(io, cfg["reply_bytes"], limit)
@@ -317,13 +354,15 @@ def judge(job: dict[str, Any], io: Any, cfg: dict[str, Any]) -> dict[str, str]:
     except BaseException as e:  # noqa: BLE001 - bad test input is reported, not raised
         return {"kind": "error", "error": "the test code does not compile: " + describe(e, 0, limit)}
     try:
-        loaded = chan.load(job["program"])
+        loaded = chan.load(job["program"], plan(test) if prefetch else ())
         if isinstance(loaded, tuple):
             return {"kind": loaded[0], "error": loaded[1]}
         namespace = {**loaded, "__builtins__": builtins, "__ilf_check": make_check(job["entry_point"])}
         exec(test_code, namespace)
     except Stopped:
         return {"kind": "stopped", "error": ""}
+    except PlanDiverged:
+        return {"kind": "rerun", "error": ""}
     except ProgramGone:
         return {"kind": "gone", "error": ""}
     except Tampered:
@@ -339,6 +378,8 @@ def judge(job: dict[str, Any], io: Any, cfg: dict[str, Any]) -> dict[str, str]:
         return {"kind": verdict_kind(e), "error": describe(e, frames, limit)}
     finally:
         linecache.cache.pop("<test>", None)
+    if chan.planned:  # a prefetched call the tests never made: the plan was wrong
+        return {"kind": "rerun", "error": ""}
     if chan.poison is not None:  # the tests caught the misuse: still a failure
         return {"kind": "failed", "error": f"NotPlainValue: {chan.poison}"}
     return {"kind": "passed", "error": ""}

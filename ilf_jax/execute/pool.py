@@ -147,7 +147,7 @@ class Executor:
                      "frames": frames, "reply_bytes": reply_mb << 20, "judge_memory_mb": judge_memory_mb,
                      "isolate": isolate, "hide": [os.path.abspath(p) for p in hide],
                      "binds": [d for d in isolation.SYSTEM_DIRS if os.path.lexists(d)]
-                     + isolation.python_dirs(sys.path, [_PACKAGE_ROOT, os.getcwd()])}
+                     + isolation.python_dirs(sys.path, [sys.base_prefix, sys.prefix, sys.exec_prefix])}
         self._slots: list[_Worker | None] = []
         self._threads: list[threading.Thread] = []
         self._jobs: queue.Queue = queue.Queue()

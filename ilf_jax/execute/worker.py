@@ -103,22 +103,29 @@ class Sandbox:
         self.status_r, status_w = os.pipe()
         life_r, self.life_w = os.pipe()
         theirs = [req_r, rep_w, out_w, err_w, status_w, life_r]
-        self.pidfd = -1
+        self.pidfd, self.pid, self.setup_error, self.sock = -1, 0, "", worker.zygote_sock
         try:
-            reply, self.pidfd = zygote.spawn(worker.zygote_sock, theirs,
-                                             {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
+            zygote.ask(worker.zygote_sock, theirs, {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
         finally:
             for fd in theirs:
                 os.close(fd)
-        self.pid = int(reply.get("pid") or 0)
-        self.setup_error = str(reply.get("error") or "")
+        self.asked = True
         self.status_buf = b""
         self.ready: bool | None = None
         self.cpu, self.status = 0.0, None
         self.namespaces, self.own_uid = worker.namespaces, worker.own_uid
 
+    def answered(self) -> None:
+        """Take the zygote's answer to our request (once)."""
+        if self.asked:
+            self.asked = False
+            reply, self.pidfd = zygote.answer(self.sock)
+            self.pid = int(reply.get("pid") or 0)
+            self.setup_error = str(reply.get("error") or "")
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Read the init's first word: ready, or the reason the sandbox could not be built."""
+        self.answered()
         deadline = time.monotonic() + timeout
         while self.ready is None and time.monotonic() < deadline:
             if not select.select([self.status_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
@@ -174,12 +181,21 @@ class Sandbox:
         except ProcessLookupError:
             pass
 
-    def kill(self) -> None:
-        """Kill every process of the job, reap the init, close the worker's pipe ends, remove its directory."""
+    def kill(self, wait: bool = True) -> int:
+        """Kill every process of the job, close the worker's pipe ends, remove its directory. With `wait`,
+        return once the init has exited (-1); else return its pidfd, to be waited on later."""
+        try:
+            self.answered()
+        except OSError:
+            pass
+        left = -1
         if self.pidfd >= 0:
             self.end_processes()
-            select.select([self.pidfd], [], [], 10.0)  # readable once the init has exited
-            os.close(self.pidfd)
+            if wait:
+                select.select([self.pidfd], [], [], 10.0)  # readable once the init has exited
+                os.close(self.pidfd)
+            else:
+                left = self.pidfd
             self.pidfd = -1
         for fd in (self.req_w, self.rep_r, self.out_r, self.err_r, self.status_r, self.life_w):
             if fd >= 0:
@@ -191,6 +207,7 @@ class Sandbox:
         if self.dir is not None:
             remove_tree(self.dir)
             self.dir = None
+        return left
 
 
 def _sigkill(pid: int) -> None:
@@ -234,6 +251,8 @@ class Worker:
         self._tmp: str | None = None
         self.zygote_pid, self.zygote_sock = zygote.start(cfg, [proto_in, proto_out])
         self.spare: Sandbox | None = None
+        self.dying: list[Sandbox] = []
+        self.exiting: list[int] = []  # pidfds of killed inits not yet seen exiting
 
     def tmp_root(self) -> str:
         if self._tmp is None:
@@ -268,7 +287,21 @@ class Worker:
             if not pid:
                 return
 
+    def bury(self, wait: bool = False) -> None:
+        """Release the ended jobs' pipes and directories. Their processes are dead (SIGKILL) but may still
+        be exiting: that is waited for here only without namespaces (a directory is removed) or with `wait`."""
+        while self.dying:
+            left = self.dying.pop().kill(wait=wait or not self.namespaces)
+            if left >= 0:
+                self.exiting.append(left)
+        for fd in list(self.exiting):
+            if wait or select.select([fd], [], [], 0)[0]:
+                select.select([fd], [], [], 10.0)
+                os.close(fd)
+                self.exiting.remove(fd)
+
     def close(self) -> None:
+        self.bury(wait=True)
         if self.spare is not None:
             self.spare.kill()
             self.spare = None
@@ -283,6 +316,7 @@ class Worker:
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """One job, start to verdict; a failure on this side is `harness_error` for this job."""
+        self.bury()  # (normally done already, right after the previous verdict was sent)
         start = time.monotonic()
         try:
             return self._run(job, start)
@@ -295,15 +329,19 @@ class Worker:
             if not self.namespaces:
                 self._reap_strays()
 
-    def _run(self, job: dict[str, Any], start: float) -> dict[str, Any]:
+    def _run(self, job: dict[str, Any], start: float, prefetch: bool = True) -> dict[str, Any]:
         box = self.take_sandbox()
         try:
             watch = Supervisor(self, box, start)
-            try:
-                self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
-            except OSError:
-                self.spare = None
-            outcome = judge(job, watch, self.cfg)
+            if self.spare is None:
+                try:
+                    self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
+                except OSError:
+                    self.spare = None
+            outcome = judge(job, watch, self.cfg, prefetch)
+            if outcome["kind"] == "rerun" and not watch.stopped:
+                box.kill()
+                return self._run(job, start, prefetch=False)
             if outcome["kind"] == "gone" and not watch.stopped:
                 watch.wait_status()
             watch.finish()
@@ -312,7 +350,8 @@ class Worker:
             verdict, error = self._verdict(outcome, watch)
         finally:
             duration = time.monotonic() - start
-            box.kill()
+            box.end_processes()  # dead now; reaped and closed by `bury` once the verdict is on its way
+            self.dying.append(box)
         return {"verdict": verdict, "error": error, "duration_s": round(duration, 4), "cpu_s": round(watch.cpu, 3),
                 "isolation": self.isolation}
 
@@ -391,6 +430,9 @@ class Supervisor:
             if box.status is not None:
                 box.end_processes()  # the program ended: nothing of the job may outlive it
         self.cpu = box.cpu - self.cpu0
+        if any(fd in r for fd in read + write):
+            return [fd for fd in r if fd in read], [fd for fd in w if fd in write]  # the channel first: what
+            # the program answered before it went over a limit still counts (a prefetched call may run ahead)
         if self.out_bytes > self.out_cap:
             self._stop("output")
         if self.cpu > self.cfg["timeout"]:
@@ -468,6 +510,7 @@ def main() -> None:
     try:
         while (job := wire.recv(proto_in)) is not None:
             wire.send(proto_out, worker.run(job))
+            worker.bury()
     except (CallerGone, OSError):
         pass
     finally:

@@ -44,9 +44,13 @@ def start(cfg: dict[str, Any], close: list[int]) -> tuple[int, socket.socket]:
     return pid, ours
 
 
-def spawn(sock: socket.socket, fds: list[int], request: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """Ask the zygote for a sandbox on these pipe ends: ({"pid": init pid, "error": ...}, a pidfd of the init)."""
+def ask(sock: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """Ask the zygote for a sandbox on these pipe ends (the answer comes with `answer`: the zygote works meanwhile)."""
     socket.send_fds(sock, [json.dumps(request).encode()], fds)
+
+
+def answer(sock: socket.socket) -> tuple[dict[str, Any], int]:
+    """The zygote's answer to `ask`: ({"pid": init pid, "error": ...}, a pidfd of the init)."""
     msg, got, _flags, _addr = socket.recv_fds(sock, 4096, 1)
     if not msg or len(got) != 1:
         for fd in got:

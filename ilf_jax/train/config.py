@@ -138,7 +138,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mesh"] = list(self.mesh)
-        if self.lora is not None:
+        if self.lora is None:  # absent rather than null, so that `lora.rank=8` overrides make a section
+            del d["lora"]
+        else:
             d["lora"]["targets"] = list(self.lora.targets)
         return d
 

@@ -232,11 +232,11 @@ def step_batch(
     rows of every micro-batch ([accum, len(rows), T]: one process's part of the global batch).
 
     With `packing`, the step's examples are packed into rows (`pack_step`) and the batch is
-    [ceil(packed rows / micro_rows), micro_rows, T]: `accum` is then the number of packed micro-batches."""
+    [ceil(packed rows / micro_rows), micro_rows, max_length]: the number of micro-batches is what
+    the step's rows need (the `accum` argument is unused)."""
     if packing:
         packs = pack_step(encoded, indices, max_length)
-        fill = max(sum(encoded[i].length - 1 for i in p) for p in packs)
-        t = padded_length(fill, length_multiple, max_length)
+        t = padded_length(max_length, length_multiple, max_length)  # one row length: compiles vary only with accum
         accum, per = -(-len(packs) // micro_rows), micro_rows
         packs = packs + [[] for _ in range(accum * per - len(packs))]
         take = range(per) if rows is None else rows

@@ -211,10 +211,6 @@ def train(
 
     lora, lora_meta = _lora_setup(model, config, cfg, init_params)
     encoded = _encode(tok, list(examples), cfg)
-    if cfg.packing:
-        too_long = [i for i, e in enumerate(encoded) if e.length - 1 > cfg.max_length]
-        if too_long:
-            raise IlfError(f"train: example {too_long[0]} is longer than max_length={cfg.max_length} after truncation")
     fp = data_lib.fingerprint(encoded)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     rows = cfg.micro_batch_size * dp

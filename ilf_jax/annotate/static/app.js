@@ -125,6 +125,9 @@ function show(item) {
   $("skip").textContent = item.status === "pending" ? "Skip" : "Next";
   showVerdict(item.version ? item.verdict : null, item.refinement_error);
   history.replaceState(null, "", `#${item.task_id}`);
+  if (item.split === "test") {
+    say("An MBPP_Test task: training leaves its annotation out unless feedback.allow_test_annotations=true.", "bad");
+  }
   scheduleFilter(0);
   showHistory();
   refreshQueue();
