@@ -3,7 +3,7 @@
 Computed from `jax.eval_shape` of the real init, optimizer, loss and cache (nothing is allocated):
 
     python scripts/plan_memory.py configs/models/codegen-6B-mono.yaml --mesh 1,8,1 --micro-batch 1 \
-        --seq 1024 --remat --sample-batch 240 --slots 1536 [--device-gib 32] [--lora-rank 16 --param-dtype bfloat16]
+        --seq 1024 --remat --sample-slots 240 --positions 1536 [--device-gib 32] [--lora-rank 16 --param-dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def main() -> None:
     parser.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
     parser.add_argument("--param-dtype", default=None)
     parser.add_argument("--dtype", default=None, help="compute dtype")
-    parser.add_argument("--sample-batch", type=int, default=240, help="rows per sampling call (prompts x samples)")
-    parser.add_argument("--slots", type=int, default=1536, help="KV cache positions (prompt + new tokens)")
+    parser.add_argument("--sample-slots", type=int, default=240, help="sampling engine's decode slots (sampling.batch_size)")
+    parser.add_argument("--positions", type=int, default=1536, help="longest row: prompt + new tokens (the ring cache's largest bucket holds it)")
     parser.add_argument("--device-gib", type=float, default=None, help="device memory, to print headroom")
     parser.add_argument("--lora-rank", type=int, default=0, help="plan LoRA fine-tuning with adapters of this rank (0: full)")
     parser.add_argument("--lora-targets", default="q,k,v,out,mlp_in,mlp_out", help="adapted projections (roles)")
@@ -48,7 +48,7 @@ def main() -> None:
         from ilf_jax.model.store import lora_of
 
         lora = lora_of(config, args.lora_targets.split(","), args.lora_rank, 2.0 * args.lora_rank)
-    rows = plan(config, mesh, tx, args.micro_batch, args.seq, args.sample_batch, args.slots, lora=lora)
+    rows = plan(config, mesh, tx, args.micro_batch, args.seq, args.sample_slots, args.positions, lora=lora)
     gib = 2**30
     print(f"{args.model_config}: mesh data,fsdp,tensor = {mesh}; param {config.param_dtype}, compute {config.dtype}, remat {config.remat}"
           + (f"; LoRA rank {args.lora_rank} on {args.lora_targets} (frozen base in {config.param_dtype})" if lora else ""))

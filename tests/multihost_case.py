@@ -26,8 +26,15 @@ def case_inputs():
 def sampling_config():
     from ilf_jax.sample import SamplingConfig
 
-    # 5 prompts x 2 samples = 10 rows in device batches of 8: a full batch and one with filler rows.
-    return SamplingConfig(n=2, temperature=0.8, max_new_tokens=8, batch_size=8, seed=3)
+    # 5 prompts x 2 samples = 10 rows on 8 decode slots (2 per batch shard of the (2,2,2) mesh),
+    # chunks of 3 steps, so that rows are admitted as others finish.
+    return SamplingConfig(n=2, temperature=0.8, max_new_tokens=8, batch_size=8, seed=3, chunk_steps=3)
+
+
+def postprocess(text: str) -> str:
+    from ilf_jax.data.formats import truncate_completion
+
+    return truncate_completion(text)
 
 
 def completions(outs) -> list[dict]:

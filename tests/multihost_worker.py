@@ -47,7 +47,7 @@ def main() -> None:
     from ilf_jax.sample import Sampler
 
     tok = load_tokenizer(out / "tok")
-    outs = Sampler(g_params, case.CONFIG, tok, mesh).sample(case.PROMPTS, case.sampling_config())
+    outs = Sampler(g_params, case.CONFIG, tok, mesh).sample(case.PROMPTS, case.sampling_config(), postprocess=case.postprocess)
 
     # 3. Two train steps (stop after one, resume from the multi-process checkpoint).
     result = case.run_train(params, tok, out / "train")

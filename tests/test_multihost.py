@@ -87,11 +87,18 @@ def test_sampling_matches_single_process(two_process_result, tokenizer_dir):
     from ilf_jax.model.store import load_tokenizer
     from ilf_jax.sample import Sampler
 
+    from ilf_jax.sample.static import generate_static
+
     _, _, result = two_process_result
-    outs = Sampler(case.case_inputs()[0], case.CONFIG, load_tokenizer(tokenizer_dir), make_mesh(case.MESH)).sample(
-        case.PROMPTS, case.sampling_config())
+    sampler = Sampler(case.case_inputs()[0], case.CONFIG, load_tokenizer(tokenizer_dir), make_mesh(case.MESH))
+    outs = sampler.sample(case.PROMPTS, case.sampling_config(), postprocess=case.postprocess)
     assert result["samples"] == case.completions(outs)
     assert len(result["samples"]) == len(case.PROMPTS) * 2 and any(r["tokens"] > 1 for r in result["samples"])
+    # The engine's rows, on two processes, are the static sampler's (one process, one device).
+    one = Sampler(case.case_inputs()[0], case.CONFIG, load_tokenizer(tokenizer_dir))
+    rows = generate_static(one, one.encode(case.PROMPTS, case.sampling_config()), case.sampling_config())
+    assert [(r["tokens"], r["finish"], r["text"]) for r in result["samples"]] == [
+        (len(r.tokens), r.finish_reason, one.decode_text(r.tokens, case.postprocess)) for r in rows]
 
 
 def test_train_steps_and_checkpoints_match_single_process(two_process_result, tokenizer_dir, tmp_path):

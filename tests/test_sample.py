@@ -1,4 +1,4 @@
-"""Sampling: cached decode vs full forward, parity with transformers, policies, stop rule, sharding."""
+"""Sampling: cached decode vs full forward, parity with transformers, policies, stop rule (sharding: test_sample_engine.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from ilf_jax.data.formats import EOS, truncate_completion
 from ilf_jax.model.codegen import forward
 from ilf_jax.model.store import load_model, load_tokenizer
 from ilf_jax.model.tokens import decode_continuation, encode_continuations
-from ilf_jax.parallel import make_mesh
 from ilf_jax.sample import Sampler, SamplingConfig
-from ilf_jax.sample import decode
+from ilf_jax.sample import slots, static
 from ilf_jax.sample.policy import Policy
 from ilf_jax.sample.sampler import completion_text
 from ilf_jax.sample.stop import StopTables, byte_fallback_values, host_stop_index, initial_state, token_texts
@@ -62,11 +61,12 @@ def _no_stop_tables(vocab: int) -> dict:
 def test_cached_decode_matches_full_forward(model_b):
     _, config, params, _ = model_b
     tokens, valid = random_batch(np.random.default_rng(0), 3, 9, config.vocab_size)
-    st = decode.Static(config, Policy(temperature=0.0), max_new_tokens=10, eos_id=-1, stop_rule=False)
-    prefill = jax.jit(functools.partial(decode.prefill, st=st))
-    step = jax.jit(functools.partial(decode.step, st=st))
-    keys = decode.row_keys(np.uint32(0), jnp.arange(3), jnp.zeros(3, jnp.int32))
-    state, seen = decode.generate_debug(prefill, step, params, tokens, valid, keys, _no_stop_tables(config.vocab_size), collect_logits=True)
+    st = slots.Static(config, Policy(temperature=0.0), max_new_tokens=10, eos_id=-1, stop_rule=False)
+    prefill = jax.jit(functools.partial(static.prefill, st=st))
+    step = jax.jit(functools.partial(static.step, st=st))
+    keys = slots.row_keys(np.uint32(0), jnp.arange(3), jnp.zeros(3, jnp.int32))
+    limits = jnp.full((3,), 10, jnp.int32)
+    state, seen = static.generate_debug(prefill, step, params, tokens, valid, keys, limits, _no_stop_tables(config.vocab_size), collect_logits=True)
     out = np.asarray(state.out)
     assert len(seen) == 10 and (np.asarray(state.num) == 10).all()
     # One full forward over prompt + generated tokens gives the logits of every prefix at once.
@@ -203,14 +203,14 @@ CRAFTED = [
 ]
 
 
-def _record_all(tables, st, token_rows: np.ndarray) -> decode.State:
+def _record_all(tables, st, token_rows: np.ndarray) -> static.State:
     """Feed [B, L] tokens through the decode bookkeeping (no model): the stop logic on device."""
     b, length = token_rows.shape
 
     def body(state, tok):
-        return decode._record(state, tok, tables, st), None
+        return static._record(state, tok, tables, st), None
 
-    state = decode.State(
+    state = static.State(
         cache=None,
         slot_valid=None,
         prompt_len=None,
@@ -222,6 +222,7 @@ def _record_all(tables, st, token_rows: np.ndarray) -> decode.State:
         after_nl=initial_state(b),
         reason=jnp.zeros((b,), jnp.int32),
         num=jnp.zeros((b,), jnp.int32),
+        limit=jnp.full((b,), length, jnp.int32),
     )
     return jax.jit(lambda s, t: jax.lax.scan(body, s, t)[0])(state, jnp.asarray(token_rows.T))
 
@@ -257,11 +258,11 @@ def test_stop_rule_on_crafted_and_random_sequences(stop_tokenizer):
         seqs.append(list(map(int, rng.choice(pool, size=int(rng.integers(1, 30))))))
     length = max(map(len, seqs)) + 1
     rows = np.array([s + [eos] * (length - len(s)) for s in seqs], np.int32)  # (EOS-padded: all end)
-    st = decode.Static(None, Policy(0.0), max_new_tokens=length, eos_id=eos, stop_rule=True)
+    st = slots.Static(None, Policy(0.0), max_new_tokens=length, eos_id=eos, stop_rule=True)
     state = _record_all(tables, st, rows)
     num, reason, out = np.asarray(state.num), np.asarray(state.reason), np.asarray(state.out)
     assert len(set(num.tolist())) > 5  # rows finish independently
-    sampler_decode = lambda ids: completion_text(tok, ids, eos)  # noqa: E731
+    sampler_decode = lambda ids: completion_text(tok, ids, eos, truncate_completion)  # noqa: E731
     for i, s in enumerate(seqs):
         full = list(rows[i])
         got = full[: num[i]]
@@ -273,11 +274,11 @@ def test_stop_rule_on_crafted_and_random_sequences(stop_tokenizer):
         k = host_stop_index(texts, full, byte_values)
         e = full.index(eos)
         if k is not None and k < e:
-            assert reason[i] == decode.STOP and num[i] == k + 1
+            assert reason[i] == slots.STOP and num[i] == k + 1
         else:
-            assert reason[i] == decode.EOS and num[i] == e + 1
+            assert reason[i] == slots.EOS and num[i] == e + 1
         # When stopped by the rule, the pattern really completes on the last token.
-        if reason[i] == decode.STOP:
+        if reason[i] == slots.STOP:
             text, prev = decode_continuation(tok, got), decode_continuation(tok, got[:-1])
             assert re.search(r'\n[A-Za-z#"]', text) and not re.search(r'\n[A-Za-z#"]', prev)
     # The crafted texts stop where expected.
@@ -304,7 +305,7 @@ def test_stop_rule_end_to_end_is_a_prefix_of_the_unstopped_run(model_c):
     base = dict(n=4, temperature=1.0, max_new_tokens=24, batch_size=8, buckets=(32,), seed=3)
     stopped = sampler.generate_tokens(sampler.encode(prompts, SamplingConfig(**base)), SamplingConfig(**base))
     full = sampler.generate_tokens(sampler.encode(prompts, SamplingConfig(**base)), SamplingConfig(**base, stop_rule=False))
-    completions = sampler.sample(prompts, SamplingConfig(**base))
+    completions = sampler.sample(prompts, SamplingConfig(**base), postprocess=truncate_completion)
     reasons = {r.finish_reason for r in stopped}
     assert "stop" in reasons and len({len(r.tokens) for r in stopped}) > 2, [(r.finish_reason, len(r.tokens)) for r in stopped]
     for s, f, c in zip(stopped, full, completions):
@@ -315,21 +316,7 @@ def test_stop_rule_end_to_end_is_a_prefix_of_the_unstopped_run(model_c):
         assert (c.prompt_index, c.sample, c.finish_reason, c.num_tokens) == (s.prompt_index, s.sample, s.finish_reason, len(s.tokens))
 
 
-# -- sharding ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
-def test_sharded_sampling_equals_single_device(model_c, shape):
-    _, config, params, tok = model_c
-    prompts = _prompts(np.random.default_rng(4), config.vocab_size)
-    cfg = SamplingConfig(n=2, temperature=0.8, top_p=0.95, max_new_tokens=10, stop_rule=False, batch_size=8, buckets=(16,), seed=7)
-    single = Sampler(params, config, tok).generate_tokens(prompts, cfg)
-    mesh = make_mesh(shape)
-    sharded_sampler = Sampler(params, config, tok, mesh)
-    sharded = sharded_sampler.generate_tokens(prompts, cfg)
-    assert [r.tokens.tolist() for r in sharded] == [r.tokens.tolist() for r in single]
-    leaf = sharded_sampler.params["h_0"]["attn"]["qkv"]
-    assert len(leaf.sharding.device_set) == 8
+# -- prompts ----------------------------------------------------------------------------------
 
 
 def test_long_prompt_is_truncated_from_the_left(model_c):

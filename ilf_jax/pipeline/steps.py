@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 from ilf_jax.data.annotations import keep_annotation, levenshtein
+from ilf_jax.data.formats import truncate_completion
 from ilf_jax.errors import IlfError
 from ilf_jax.jsonl import RecordLog, atomic_write_json
 from ilf_jax.pipeline import faults, texts
@@ -107,7 +108,8 @@ def sample(ctx: StageContext, p: SampleParams) -> dict[str, Any]:
             sampler = ctx.services.sampler(_model(ctx))
             with _bar(ctx, len(prompts) * n, (len(prompts) - len(todo)) * n) as bar:
                 for chunk in _chunks(todo, p.chunk):
-                    outs = sampler.sample([q for _, q in chunk], cfg, key_ids=[tid for tid, _ in chunk])
+                    outs = sampler.sample([q for _, q in chunk], cfg, key_ids=[tid for tid, _ in chunk],
+                                          postprocess=truncate_completion)
                     truncated = {chunk[i][0] for i in sampler.truncated}
                     log.append(Sample(chunk[c.prompt_index][0], c.sample, c.text, c.finish_reason, c.num_tokens,
                                       chunk[c.prompt_index][0] in truncated).to_json() for c in outs)

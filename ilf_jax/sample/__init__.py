@@ -1,4 +1,4 @@
-"""Batched sampling: jitted prefill + KV-cache `lax.while_loop` decode with the MBPP stop rule."""
+"""Batched sampling: a continuous-batching slot engine over a ring KV cache, with the MBPP stop rule on device."""
 
 from ilf_jax.sample.policy import Policy
 from ilf_jax.sample.sampler import Completion, RowResult, Sampler, SamplingConfig, sample

@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: off)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="bound on generated tokens (default 1024, the reference's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32, help="rows (prompt x sample) per device call (default 32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="decode slots: rows (prompt x sample) in flight per device call (default 32)")
     parser.add_argument("--mesh", default="1,-1,1", help="mesh sizes data,fsdp,tensor (default 1,-1,1)")
     parser.add_argument("--no-stop-rule", action="store_true", help="stop only at EOS or max-new-tokens (text is still cut)")
     parser.add_argument("--debug", action="store_true", help="run the decode step from a Python loop")
@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace, cfg: Any, todo: list[tuple[int, Any, str]], log: RecordLog) -> None:
     """Sample the prompts of `todo` ((line index, id, prompt)), appending each group's records to `log`."""
+    from ilf_jax.data.formats import truncate_completion
     from ilf_jax.model.store import load_model, load_tokenizer
     from ilf_jax.parallel.mesh import make_mesh, parse_mesh
     from ilf_jax.sample.sampler import Sampler
@@ -129,12 +130,13 @@ def _sample(args: argparse.Namespace, cfg: Any, todo: list[tuple[int, Any, str]]
     mesh = make_mesh(parse_mesh(args.mesh))
     config, params = load_model(args.model, mesh=mesh)
     sampler = Sampler(params, config, load_tokenizer(args.model), mesh, debug=args.debug)
-    # Groups of prompts that fill a few device batches; each group is appended durably.
-    group = max(1, (4 * cfg.batch_size) // cfg.n)
+    # Groups of prompts that keep the slots busy for a while (the slots drain at the end of each
+    # group); each group is appended durably.
+    group = max(1, (16 * cfg.batch_size) // cfg.n)
     start_time, rows = time.time(), 0
     for g in range(0, len(todo), group):
         part = todo[g : g + group]
-        completions = sampler.sample([p for _, _, p in part], cfg, key_ids=[i for i, _, _ in part])
+        completions = sampler.sample([p for _, _, p in part], cfg, key_ids=[i for i, _, _ in part], postprocess=truncate_completion)
         if sampler.truncated:
             print(f"ilf sample: warning: {len(sampler.truncated)} prompt(s) truncated from the left to fit the context", file=sys.stderr)
         log.append({"id": part[c.prompt_index][1], "sample": c.sample, "completion": c.text,

@@ -2,7 +2,8 @@
 
 Parameters and optimizer state are split by the same rule table the real run uses; activations
 are the residuals that `jax.vjp` keeps for the backward pass of one micro-batch on one replica;
-the KV cache is the sampler's, batch over ('data', 'fsdp') and (kv) heads over 'tensor'. It runs on
+the KV cache is the sampling engine's (decode slots x a bucketed ring), slots over ('data', 'fsdp')
+and (kv) heads over 'tensor'. It runs on
 any machine: the mesh is abstract, so a pod can be planned before it is rented.
 
 With a `Lora`, the trained tree is the adapters: params are the frozen base (in its dtype) plus
@@ -117,10 +118,32 @@ def activation_bytes(config: ModelConfig, rows: int, seq_len: int, lora: Lora | 
     return rows * per_row
 
 
+def cache_bucket(length: int) -> int:
+    """The sampling engine's cache length for rows needing `length` positions: the next 2^i or 3 * 2^(i-1), at least 32.
+
+    Few lengths (few compilations), each at most 1.5x the one below it.
+    """
+    size = 32
+    while size < length:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
 def cache_bytes(config: ModelConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
-    """Per-device bytes of the sampler's KV cache for `batch` rows of `slots` positions."""
+    """Per-device bytes of a KV cache for `batch` rows of `slots` positions."""
     cache = jax.eval_shape(lambda: init_cache(config, batch, slots))
     return sum(shard_bytes(c.shape, c.dtype, logical_spec(cache_axes(config), c.shape, mesh, rules), mesh) for c in jax.tree.leaves(cache))
+
+
+def engine_cache_bytes(config: ModelConfig, slots: int, positions: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
+    """Per-device peak bytes of the sampling engine's cache for `slots` decode slots and rows of `positions`
+    (prompt + new tokens): the ring at its largest bucket, one layer's K or V of the bucket below while
+    the ring grows into it (it moves one array at a time), and one prompt's prefilled KV."""
+    length = cache_bucket(positions)
+    below = max(32, length * 2 // 3)
+    ring = cache_bytes(config, slots, length, mesh, rules)
+    moving = cache_bytes(config, slots, below, mesh, rules) // (2 * config.n_layer)
+    return ring + moving + cache_bytes(config, 1, positions, mesh, rules)
 
 
 def plan(
@@ -129,14 +152,14 @@ def plan(
     tx: optax.GradientTransformation,
     micro_batch: int,
     seq_len: int,
-    sample_batch: int,
     sample_slots: int,
+    sample_positions: int,
     rules: Rules = DEFAULT_RULES,
     lora: Lora | None = None,
 ) -> dict[str, int]:
-    """Per-device bytes of params, grads, optimizer state, activations (one micro-batch per replica),
-    KV cache; with `lora` (base in `config.param_dtype`), params include the adapters and
-    `lora_merged` is added."""
+    """Per-device bytes of params, grads, optimizer state, activations (one micro-batch per replica), and
+    the sampling engine's KV cache (`sample_slots` slots, rows of `sample_positions` prompt + new tokens);
+    with `lora` (base in `config.param_dtype`), params include the adapters and `lora_merged` is added."""
     mesh = abstract_mesh(mesh_shape)
     p = param_bytes(config, mesh, rules)
     grads = p * jnp.dtype(jnp.float32).itemsize // jnp.dtype(config.param_dtype).itemsize
@@ -145,7 +168,7 @@ def plan(
         "grads": grads,
         "optimizer": optimizer_bytes(config, tx, mesh, rules, lora),
         "activations": activation_bytes(config, micro_batch, seq_len, lora),
-        "kv_cache": cache_bytes(config, sample_batch, sample_slots, mesh, rules),
+        "kv_cache": engine_cache_bytes(config, sample_slots, sample_positions, mesh, rules),
     }
     if lora is not None:
         adapters = param_bytes(config, mesh, rules, lora)
