@@ -14,7 +14,7 @@ from ilf_jax.errors import IlfError
 from ilf_jax.model.codegen import forward
 from ilf_jax.model.store import load_model, load_tokenizer
 from ilf_jax.parallel import make_mesh
-from ilf_jax.parallel.memory import cache_bucket
+from ilf_jax.model.common import cache_bucket
 from ilf_jax.sample import Sampler, SamplingConfig
 from ilf_jax.sample import slots as sl
 from ilf_jax.sample.policy import Policy

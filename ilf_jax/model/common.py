@@ -103,6 +103,17 @@ def run_blocks(block: type, config: Any, constrain: Constrain, prefix: str, x, s
     return x, (None if cache is None else new_cache)
 
 
+def cache_bucket(length: int) -> int:
+    """The sampling engine's cache length for rows needing `length` positions: the next 2^i or 3 * 2^(i-1), at least 32.
+
+    Few lengths (few compilations), each at most 1.5x the one below it.
+    """
+    size = 32
+    while size < length:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
 def empty_cache(layers: int, batch: int, heads: int, slots: int, head_dim: int, dtype: Any) -> Cache:
     """A zero KV cache: `layers` entries of {"k", "v"} [batch, heads, slots, head_dim]."""
     shape = (batch, heads, slots, head_dim)

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from ilf_jax.model.common import no_constraint
 from ilf_jax.model.family import cache_axes, init_cache
 from ilf_jax.parallel.distributed import fetch, put_global
-from ilf_jax.parallel.memory import cache_bucket
+from ilf_jax.model.common import cache_bucket
 from ilf_jax.parallel.sharding import Rules, batch_sharding, constrainer, logical_sharding, replicated
 from ilf_jax.sample import slots as sl
 

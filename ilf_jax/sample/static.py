@@ -24,6 +24,7 @@ from flax import struct
 from ilf_jax.model.common import Constrain, causal_mask, no_constraint, positions_from_mask
 from ilf_jax.model.family import forward, init_cache
 from ilf_jax.sample.slots import REASONS, Static, advance, constrain_cache, draw, row_keys
+from ilf_jax.sample.stop import initial_state
 
 
 @struct.dataclass

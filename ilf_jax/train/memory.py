@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, PartitionSpec
 
+from ilf_jax.model.common import cache_bucket
 from ilf_jax.model.family import ModelConfig, abstract_params, cache_axes, init_cache, param_specs
 from ilf_jax.model.lora import Lora
 from ilf_jax.parallel.mesh import AXES
@@ -116,17 +117,6 @@ def activation_bytes(config: ModelConfig, rows: int, seq_len: int, lora: Lora | 
     """
     per_row = _residual_bytes(config, 2, seq_len, lora) - _residual_bytes(config, 1, seq_len, lora)
     return rows * per_row
-
-
-def cache_bucket(length: int) -> int:
-    """The sampling engine's cache length for rows needing `length` positions: the next 2^i or 3 * 2^(i-1), at least 32.
-
-    Few lengths (few compilations), each at most 1.5x the one below it.
-    """
-    size = 32
-    while size < length:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
 
 
 def cache_bytes(config: ModelConfig, batch: int, slots: int, mesh: AbstractMesh, rules: Rules = DEFAULT_RULES) -> int:
