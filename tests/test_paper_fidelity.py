@@ -180,3 +180,14 @@ def test_annotation_passed_column_is_read(shared_data, tmp_path):
     bad.write_text(rows[0].replace('"passed":true', '"passed":"yes"') + "\n")
     with pytest.raises(IlfError, match=r"row 1: field 'passed' must be true, false or null"):
         load_annotations(bad)
+
+
+def test_report_lists_the_skipped_tasks():
+    from ilf_jax.pipeline.report import markdown
+
+    res = {"tasks": {"test": 94}, "samples_per_task": {"evaluation": 30}, "table4": [], "table2": {}, "table3": [],
+           "perplexity": {}, "leakage": {"excluded_test_annotations": 0, "allow_test_annotations": False,
+                                         "test_annotations_used": 0}}
+    assert "Skipped" not in markdown(res)
+    text = markdown({**res, "skipped_tasks": {"test": list(TEST_SKIPS), "refine": [112]}})
+    assert "tasks.def_match=reference): test 6 (14, 32, 36, 57, 77, 107); refine 1 (112)." in text

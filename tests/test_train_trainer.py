@@ -151,3 +151,27 @@ def test_remainder_is_checked():
     assert TrainConfig.from_dict({"remainder": "carry"}).remainder == "carry"
     with pytest.raises(IlfError, match="remainder"):
         TrainConfig.from_dict({"remainder": "drop"})
+
+
+def test_carry_run_has_the_trainers_updates_and_resumes_exactly(tmp_path):
+    """6 examples at batch 4 for 2 epochs: 2 updates (4, then 2 + 4 examples), lr halving, and a run
+    stopped after its first update resumes into the carried update with the same result."""
+    import json
+
+    from ilf_jax.model.store import load_model
+    from ilf_jax.train import Example, train
+    from ilf_jax.train.checkpoint import tree_equal
+    from tests.helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    examples = [Example(f"def f{i}(a):\n", f"    return a + {i}\n" * (1 + i % 3)) for i in range(6)]
+    cfg = TrainConfig(learning_rate=1e-2, batch_size=4, micro_batch_size=1, epochs=2, mesh=(1, 1, 1), remainder="carry",
+                      group_by_length=False, loss_weighting="example", length_multiple=16, max_length=64,
+                      max_target_length=32, export_hf=False, init="random", save_every=1)
+    whole = train(CONFIG, tok, examples, cfg, tmp_path / "whole", progress=False)
+    assert (whole.steps, whole.total_steps) == (2, 2)
+    logged = [json.loads(line) for line in whole.metrics_path.read_text().splitlines()]
+    assert [r["lr"] for r in logged] == pytest.approx([1e-2, 5e-3])
+    assert train(CONFIG, tok, examples, cfg, tmp_path / "split", progress=False, stop_after=1).steps == 1
+    resumed = train(CONFIG, tok, examples, cfg, tmp_path / "split", progress=False)
+    assert tree_equal(load_model(whole.model_dir)[1], load_model(resumed.model_dir)[1])
