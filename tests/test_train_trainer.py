@@ -1,6 +1,8 @@
 """`remainder: carry` reproduces the transformers 4.12.5 Trainer's updates (count, examples, strength,
 linear schedule), `loss_weighting` weighs examples or tokens, and the random batch order is seeded."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -76,23 +78,35 @@ def params():
     return init_params(CONFIG, jax.random.key(0))
 
 
-def _grads(params, batch, nominal=None):
+@functools.cache
+def _step(nominal):
+    """A jitted train step returning its gradients (one per nominal batch; shapes are cached by jit)."""
     cfg = TrainConfig(learning_rate=1e-2, max_grad_norm=0.0)
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     tx = make_optimizer(cfg, 10)
     sh = state_shardings(CONFIG, tx, mesh)
     step = make_train_step(CONFIG, tx, mesh, sh, learning_rate_schedule(cfg, 10), return_grads=True, donate=False,
                            nominal_batch=nominal)
+    return step, tx, sh
+
+
+def _grads(params, batch, nominal=None):
+    step, tx, sh = _step(nominal)
     return jax.device_get(step(init_state(params, tx, sh), batch)[1])
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _example_grad(params, batch, per_example):
+    """The gradient of one example's mean target NLL (per_example) or of its summed target NLL."""
+    return jax.grad(lambda p: (lambda s, c: s / c if per_example else s)(*loss_sums(p, batch, CONFIG)))(params)
 
 
 def _hand_grads(params, encoded, indices, per_example, divisor):
     """sum over examples of the gradient of (its mean target NLL | its summed target NLL), / divisor."""
-    f = jax.jit(jax.grad(lambda p, b: (lambda s, c: s / c if per_example else s)(*loss_sums(p, b, CONFIG))))
     total = None
     for i in indices:
         b = D.make_batch(encoded, [i], 1, MAX_LEN)
-        g = f(params, b)
+        g = _example_grad(params, b, per_example)
         total = g if total is None else jax.tree.map(lambda a, c: a + c, total, g)
     return jax.tree.map(lambda a: np.asarray(a) / divisor, total)
 
