@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ilf_jax.train.cli", "fine-tune a model on prompt/completion records"),
     "run": ("ilf_jax.pipeline.cli_run", "run (or resume) the ILF pipeline from a config"),
     "status": ("ilf_jax.pipeline.cli_status", "show which stages of a run are done"),
+    "plan": ("ilf_jax.pipeline.cli_plan", "print a run's stages, data counts and token estimates before any model is loaded"),
     "stage": ("ilf_jax.pipeline.cli_stage", "run one stage of the ILF pipeline (`ilf stage list CONFIG` lists them)"),
     "demo": ("ilf_jax.demo.cli", "run the embedded CPU-sized ILF experiment"),
     "data": ("ilf_jax.data.cli", "fetch and verify MBPP and the ILF annotation file into a cache"),

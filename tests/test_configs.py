@@ -50,7 +50,7 @@ def test_unknown_keys_and_bad_values_name_the_file_and_key_path(tmp_path):
     tiny = (REPO / "configs" / "pipeline" / "tiny.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny.replace("  timeout: 3.0", "  timeout: 3.0\n  timeuot: 2"))
-    with pytest.raises(IlfError, match=rf"^{bad}: unknown key 'executor.timeuot' \(known: workers, timeout\)$"):
+    with pytest.raises(IlfError, match=rf"^{bad}: unknown key 'executor.timeuot' \(known: workers, timeout, test_style\)$"):
         config.load(bad)
     bad.write_text(tiny.replace("learning_rate: 1.0e-3", "learning_rate: 1.0e-3\n    lerning_rate: 1"))
     with pytest.raises(IlfError, match=rf"^{bad}: unknown key 'refiner.train.lerning_rate'"):

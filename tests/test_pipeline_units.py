@@ -105,7 +105,7 @@ def test_config_refuses_unknown_keys_and_bad_choices(tmp_path):
         config.resolve({**good, "feedback": {"source": "scripted", "programs": "sampled", "annotations": "a"}})
     for name in ("ilf.yaml", "model-feedback.yaml", "unrelated-feedback.yaml"):
         assert to_data(config.load(REPO / "configs" / "paper" / name))["sampling"] == {
-            "n": 30, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 512, "seed": 0,
+            "n": 30, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "max_new_tokens": 512, "seed": 0,
             "batch_size": 64, "chunk": 16}
 
 

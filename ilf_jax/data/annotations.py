@@ -34,6 +34,7 @@ class Annotation:
     original: str
     worker_id: str | None = None
     refinement_edit_distance: float | None = None
+    passed: bool | None = None  # the file's own verdict on the refinement (the reference filters on it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +96,18 @@ def _row(rec: dict[str, Any], where: str, csv_like: bool) -> Annotation:
         distance = None if distance is None else float(distance)
     except (TypeError, ValueError):
         raise IlfError(f"{where}: field 'refinement_edit_distance' must be a number, got {distance!r}") from None
+    passed = rec.get("passed")
+    if passed is not None and not isinstance(passed, bool):
+        if not (csv_like and str(passed).strip().lower() in ("true", "false")):
+            raise IlfError(f"{where}: field 'passed' must be true, false or null, got {passed!r}")
+        passed = str(passed).strip().lower() == "true"
     entry_point = entry_point_of(rec["prompt"])
     if entry_point is None:
         raise IlfError(f"{where}: field 'prompt' has no `def name(...)` line")
     return Annotation(task_id=task_id, prompt=rec["prompt"], test=rec["test"], entry_point=entry_point,
                       feedback=rec["Feedback"], refinement=rec["unedited_annotator_completion"],
                       original=rec["original_model_completion"], worker_id=worker,
-                      refinement_edit_distance=distance)
+                      refinement_edit_distance=distance, passed=passed)
 
 
 def load_annotations(path: str | Path, *, include_test: bool = False,

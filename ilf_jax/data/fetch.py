@@ -56,9 +56,23 @@ class Outcome:
     detail: str = ""
 
 
+CACHE_PREFIX = "cache:"  # a config path `cache:REL` is REL under default_cache()
+
+
 def default_cache() -> Path:
     """$ILF_DATA, else ~/.cache/ilf_jax/data."""
     return Path(os.environ.get("ILF_DATA") or Path.home() / ".cache" / "ilf_jax" / "data")
+
+
+def check_cached(path: str | Path) -> None:
+    """When `path` is one of the pinned files' place in the cache, it must hold the pinned bytes (IlfError
+    saying how to get them otherwise); other paths are left to their readers."""
+    path = Path(path).absolute()
+    for file in FILES:
+        if path == (default_cache() / file.relpath).absolute() and not _cached(file, path):
+            state = "is missing" if not path.is_file() else f"has sha256 {sha256_of(path.read_bytes())}, not the pinned one"
+            raise IlfError(f"{path}: {state}; run `ilf data` (online) or {by_hand(Outcome(file, path, 'failed'))}"
+                           .replace("\n    ", " "))
 
 
 def sha256_of(data: bytes) -> str:

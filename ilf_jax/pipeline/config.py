@@ -37,11 +37,16 @@ class ModelSection:
 @dataclasses.dataclass(frozen=True)
 class TasksSection:
     """The task source: mbpp (a file), hf (the hub) or factory ("module:function" -> {split: [Task]});
-    `ids` ({split: [task ids]}) replaces a split, `limit` ({split: N}) keeps its first N ids."""
+    `ids` ({split: [task ids]}) replaces a split, `limit` ({split: N}) keeps its first N ids.
+    `line_endings`: gold code normalised to LF, or kept CRLF as the reference read it from the hub;
+    `def_match`: reference drops the tasks whose `def name\\(.*\\):` regex fails (MBPP_Test: 94 tasks),
+    lenient keeps them with a looser match."""
 
     source: Literal["mbpp", "hf", "factory"] = "mbpp"
     path: str | None = None
     hf_name: str = "mbpp"
+    line_endings: Literal["lf", "crlf"] = "lf"
+    def_match: Literal["lenient", "reference"] = "lenient"
     factory: str | None = None
     factory_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     ids: dict[Split, tuple[int, ...]] = dataclasses.field(default_factory=dict)
@@ -50,10 +55,12 @@ class TasksSection:
 
 @dataclasses.dataclass(frozen=True)
 class ExecutorSection:
-    """Program execution: worker processes per host (None: the CPU count) and the per-program time limit."""
+    """Program execution: worker processes per host (None: the CPU count), the per-program time limit, and
+    the test block (`data.formats.test_block`): valid for every task, or the reference's eval_mbpp.py bytes."""
 
     workers: int | None = None
     timeout: float = 3.0
+    test_style: Literal["valid", "reference"] = "valid"
 
 
 # The SamplingConfig knobs a pipeline config sets ({name: (type, default)}; add one here to expose it),
@@ -102,10 +109,14 @@ class FeedbackSection:
     failures), the annotation file (human feedback and pi_Refine's
     data; test-split rows only with `allow_test_annotations`), which programs (default: annotated when
     there is an annotation file), the scripted annotator ("module:function"(task, program, error, seed)),
-    and the unrelated-feedback derangement's seed."""
+    and the unrelated-feedback derangement's seed. `refilter`: re-check pi_Refine's triples here (the refinement
+    passes our tests and is within the paper's edit distance); off, the annotation file is used as filtered
+    (its `passed` column), as the reference code does. `annotations: cache:REL` is the file `ilf data` keeps
+    at $ILF_DATA/REL (checked against its sha256)."""
 
     source: Literal["human", "model", "shuffled", "scripted", "app"] = "human"
     annotations: str | None = None
+    refilter: bool = True
     allow_test_annotations: bool = False
     programs: Literal["annotated", "sampled"] | None = None
     annotator: str | None = None
@@ -217,6 +228,9 @@ def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None, label:
         raise IlfError("config: tasks.source=mbpp needs tasks.path (mbpp.jsonl or sanitized-mbpp.json)")
     if tasks.source == "factory" and not tasks.factory:
         raise IlfError("config: tasks.source=factory needs tasks.factory ('module:function')")
+    if cfg.executor.test_style == "reference" and tasks.def_match != "reference":
+        raise IlfError("config: executor.test_style=reference needs tasks.def_match=reference (the reference has no "
+                       "test block for the tasks its `def` regex skips)")
     if not cfg.model.dir and not cfg.model.prepare:
         raise IlfError("config: model.dir (the base model directory) is required")
     if cfg.model.dir and cfg.model.prepare:
@@ -228,12 +242,17 @@ _PATHS = ("run_dir", "model.dir", "model.tokenizer", "tasks.path", "feedback.ann
 
 
 def _absolutize(cfg: PipelineConfig, base_dir: pathlib.Path) -> PipelineConfig:
-    """`cfg` with its path values taken relative to `base_dir` made absolute."""
+    """`cfg` with its path values taken relative to `base_dir` made absolute; `cache:REL` is REL in the
+    `ilf data` cache."""
+    from ilf_jax.data.fetch import CACHE_PREFIX, default_cache
+
     for path in _PATHS:
         value: Any = cfg
         for part in path.split("."):
             value = getattr(value, part)
-        if value:
+        if value and str(value).startswith(CACHE_PREFIX):
+            cfg = replace_in(cfg, path, str(default_cache().absolute() / str(value)[len(CACHE_PREFIX):]))
+        elif value:
             cfg = replace_in(cfg, path, str((base_dir / str(value)).absolute()))
     return cfg
 

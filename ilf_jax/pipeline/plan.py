@@ -53,7 +53,7 @@ def _sample_params(cfg: PipelineConfig, overlay: Any, prompts: str = "task", ids
 def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Method]]:
     """Every stage of the run in dependency order, and the evaluated methods."""
     fb = cfg.feedback
-    timeout = cfg.executor.timeout
+    timeout, test_style = cfg.executor.timeout, cfg.executor.test_style
     plan: list[Stage] = []
     methods: list[Method] = []
 
@@ -70,7 +70,7 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
     def sample_and_execute(sample_name: str, execute_name: str, params: steps.SampleParams,
                            inputs: dict[str, Artifact], sources: tuple[str, ...]) -> tuple[Stage, Stage]:
         s = add(sample_name, steps.sample, params, inputs, sources + ("tasks",))
-        return s, add(execute_name, steps.execute, steps.ExecParams(timeout), {"samples": out(s, Sample)}, ("tasks",))
+        return s, add(execute_name, steps.execute, steps.ExecParams(timeout, test_style), {"samples": out(s, Sample)}, ("tasks",))
 
     def trained(stage: Stage) -> dict[str, Artifact]:
         return {"model": out(stage, ModelPointer)}
@@ -105,11 +105,11 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
             app = {"app_annotations": out(annotate, AnnotationFile)}
         rd = add(f"{R}.refine_data", steps.refine_data,
                  steps.RefineDataParams(bool(fb.annotations or app), fb.allow_test_annotations, fb.annotator,
-                                        fb.annotator_seed, ids("refine"), ids("test"), timeout),
+                                        fb.annotator_seed, ids("refine"), ids("test"), timeout, test_style, fb.refilter),
                  app or ({} if fb.annotations else {"failures": out(col, Failure)}), ("tasks",) + ann)
         fbk = add(f"{R}.feedback", steps.feedback,
                   steps.FeedbackParams(fb.source, fb.programs, fb.shuffle_seed, fb.annotator, fb.annotator_seed,
-                                       ids("train"), timeout, model_feedback),
+                                       ids("train"), timeout, model_feedback, test_style),
                   {"refine_data": out(rd, RefineTriple),
                    **(app or ({"failures": out(col, Failure)} if fb.programs == "sampled" else {}))},
                   ("tasks",) + ann + (("feedback_model",) if fb.source == "model" else ()))

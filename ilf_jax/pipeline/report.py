@@ -105,7 +105,9 @@ def results(ctx: StageContext, p: ReportParams) -> dict[str, Any]:
         for rec in ctx.read("perplexity"):
             by_source.setdefault(rec.source, []).append(rec.perplexity)
         ppl = {s: {"n": len(v), "mean": statistics.fmean(v), "median": statistics.median(v)} for s, v in sorted(by_source.items())}
+    skipped = {split: list(ids) for split, ids in ctx.source("tasks").skipped.items() if ids}
     return {
+        **({"skipped_tasks": skipped} if skipped else {}),  # tasks.def_match=reference's dropped tasks
         "table4": table4,
         "table2": table2,
         "table3": rounds,
@@ -156,6 +158,10 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append(f"- Leakage guard: {leak['excluded_test_annotations']} annotations in the test split were excluded "
                  f"from training (allow_test_annotations={str(leak['allow_test_annotations']).lower()}; "
                  f"{leak['test_annotations_used']} test-split annotations used).")
+    if res.get("skipped_tasks"):
+        lines.append("- Skipped as the reference skips them (its `def name\\(.*\\):` regex fails on the gold code; "
+                     "tasks.def_match=reference): " + "; ".join(f"{split} {len(ids)} ({', '.join(map(str, ids))})"
+                                                                for split, ids in res["skipped_tasks"].items()) + ".")
     if res["perplexity"]:
         lines += ["", "## Figure 3: perplexity of training sources under the base model", "",
                   "| source | examples | mean | median |", "|---|---|---|---|"]

@@ -59,6 +59,8 @@ def _fingerprints(cfg: PipelineConfig) -> dict[str, str]:
         out["tasks"] = fingerprint(tasks.path)
     else:
         out["tasks"] = json.dumps({k: getattr(tasks, k) for k in ("source", "hf_name", "factory", "factory_args")}, sort_keys=True)
+    if tasks.line_endings != "lf":  # the same source read with other bytes (ids, and so params, stay)
+        out["tasks"] += f":{tasks.line_endings}"
     if cfg.feedback.annotations:
         out["annotations"] = fingerprint(cfg.feedback.annotations)
     fb_model = cfg.feedback.model.dir

@@ -8,6 +8,8 @@ import importlib
 from typing import Any, Callable, Mapping
 
 from ilf_jax.data.annotations import Annotation, load_annotations
+from ilf_jax.data.fetch import check_cached
+from ilf_jax.data.formats import skipped_by_reference
 from ilf_jax.data.mbpp import load_mbpp, load_mbpp_hf
 from ilf_jax.data.splits import SPLITS
 from ilf_jax.data.task import Task
@@ -19,10 +21,12 @@ TRAINING_SPLITS = ("refine", "train")  # where failures are collected and annota
 
 @dataclasses.dataclass(frozen=True)
 class TaskSet:
-    """Every task the source knows, and the ids this run uses per split (sorted)."""
+    """Every task the source knows, the ids this run uses per split (sorted), and per split the ids
+    `tasks.def_match: reference` dropped (the reference's `def` regex fails on their gold code)."""
 
     tasks: dict[int, Task]
     splits: dict[str, tuple[int, ...]]
+    skipped: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def split_of(self, task_id: int) -> str | None:
         """The run split holding `task_id`, or None when the run does not use it."""
@@ -79,10 +83,14 @@ def _select(all_ids: Mapping[str, list[int]], tasks_cfg: Any, known: Mapping[int
 
 
 def load_tasks(tasks_cfg: Any) -> TaskSet:
-    """Load the configured task source and select the run's ids per split."""
+    """Load the configured task source (with its line endings) and select the run's ids per split; with
+    `def_match: reference`, tasks whose gold code fails the reference's `def` regex are dropped and listed."""
     source = tasks_cfg.source
     if source in ("mbpp", "hf"):
-        tasks = load_mbpp(tasks_cfg.path) if source == "mbpp" else load_mbpp_hf(tasks_cfg.hf_name)
+        if source == "mbpp":
+            tasks = load_mbpp(tasks_cfg.path, tasks_cfg.line_endings)
+        else:
+            tasks = load_mbpp_hf(tasks_cfg.hf_name, line_endings=tasks_cfg.line_endings)
         all_ids = {name: [i for i in ids if i in tasks] for name, ids in SPLITS.items()}
     else:
         factory = import_callable(tasks_cfg.factory, "tasks.factory")
@@ -94,7 +102,12 @@ def load_tasks(tasks_cfg: Any) -> TaskSet:
                 if t.task_id in tasks:
                     raise IlfError(f"tasks.factory: task id {t.task_id} appears twice")
                 tasks[t.task_id] = t
-    return TaskSet(tasks, _select(all_ids, tasks_cfg, tasks))
+    selected = _select(all_ids, tasks_cfg, tasks)
+    if tasks_cfg.def_match == "lenient":
+        return TaskSet(tasks, selected)
+    skipped = {split: tuple(i for i in ids if skipped_by_reference(tasks[i])) for split, ids in selected.items()}
+    return TaskSet(tasks, {split: tuple(i for i in ids if i not in skipped[split]) for split, ids in selected.items()},
+                   skipped)
 
 
 def load_run_annotations(path: str, task_set: TaskSet, allow_test: bool) -> Annotations:
@@ -103,6 +116,7 @@ def load_run_annotations(path: str, task_set: TaskSet, allow_test: bool) -> Anno
     Rows naming a task the source does not know are an error; rows in MBPP_Test are counted and
     left out unless `allow_test`.
     """
+    check_cached(path)
     loaded = load_annotations(path, include_test=allow_test)
     unknown = [a.task_id for a in loaded.rows if a.task_id not in task_set.tasks]
     unknown += [i for i in loaded.excluded_test_ids if i not in task_set.tasks]

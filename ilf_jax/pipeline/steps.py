@@ -123,9 +123,10 @@ def sample(ctx: StageContext, p: SampleParams) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ExecParams:
-    """Program execution: the per-program time limit (seconds)."""
+    """Program execution: the per-program time limit (seconds) and the test block style (`executor.test_style`)."""
 
     timeout: float
+    test_style: str = "valid"
 
 
 def _verdict(r: Any, of: dict[str, Sample]) -> Verdict:
@@ -144,7 +145,7 @@ def execute(ctx: StageContext, p: ExecParams) -> dict[str, Any]:
         todo = [s for s in samples if _by_sample(s) not in log]
         agreed([_by_sample(s) for s in todo])
         of = {f"{s.task_id}/{s.sample}": s for s in todo}
-        jobs = [job_for_program(tasks[s.task_id], texts.program_of(tasks[s.task_id], s.completion), job_id)
+        jobs = [job_for_program(tasks[s.task_id], texts.program_of(tasks[s.task_id], s.completion), job_id, p.test_style)
                 for job_id, s in of.items()]
         if jobs:
             with Executor(ctx.services.workers, p.timeout) as ex, _bar(ctx, len(samples), len(samples) - len(todo)) as bar:
@@ -169,14 +170,15 @@ def execute(ctx: StageContext, p: ExecParams) -> dict[str, Any]:
             "tasks_with_a_pass": len({r.task_id for r in records if r.passed})}
 
 
-def run_programs(ctx: StageContext, timeout: float, programs: Sequence[tuple[str, int, str]]) -> dict[str, Any]:
+def run_programs(ctx: StageContext, timeout: float, programs: Sequence[tuple[str, int, str]],
+                 test_style: str = "valid") -> dict[str, Any]:
     """Verdicts of (id, task_id, full program) triples, executed in one pool (small, unlogged batches)."""
     from ilf_jax.execute import Executor, job_for_program
 
     if not programs:
         return {}
     tasks = ctx.source("tasks").tasks
-    jobs = [job_for_program(tasks[tid], prog, pid) for pid, tid, prog in programs]
+    jobs = [job_for_program(tasks[tid], prog, pid, test_style) for pid, tid, prog in programs]
     with Executor(ctx.services.workers, timeout) as ex:
         if process_count() == 1:
             return {r.id: r for r in ex.run(jobs)}
@@ -231,10 +233,11 @@ def _annotations(ctx: StageContext, allow_test: bool) -> Any:
     return ctx.source("annotations") if "annotations" in ctx.stage.sources else None
 
 
-def _annotated_programs(ctx: StageContext, timeout: float, ids: Sequence[int], ann: Any) -> list[dict[str, Any]]:
+def _annotated_programs(ctx: StageContext, timeout: float, ids: Sequence[int], ann: Any,
+                        test_style: str = "valid") -> list[dict[str, Any]]:
     """The annotated (original program, error) of the annotation rows `ann` of tasks `ids`."""
     rows = [a for tid, a in sorted(ann.rows.items()) if tid in set(ids)]
-    verdicts = run_programs(ctx, timeout, [(f"orig/{a.task_id}", a.task_id, a.original) for a in rows])
+    verdicts = run_programs(ctx, timeout, [(f"orig/{a.task_id}", a.task_id, a.original) for a in rows], test_style)
     return [{"task_id": a.task_id, "program": a.original, "error": verdicts[f"orig/{a.task_id}"].error,
              "original_passed": verdicts[f"orig/{a.task_id}"].passed} for a in rows]
 
@@ -243,7 +246,8 @@ def _annotated_programs(ctx: StageContext, timeout: float, ids: Sequence[int], a
 class RefineDataParams:
     """Where pi_Refine's triples come from: human annotations (`annotated`: the file, or the app's; test-split
     rows only when `allow_test`) or the scripted `annotator` on the refine split's failures; the run's
-    refine and test task ids."""
+    refine and test task ids; execution settings; `refilter` (`feedback.refilter`): keep a triple only when
+    its refinement passes here and is a small edit, else keep what the annotation file kept (its `passed`)."""
 
     annotated: bool
     allow_test: bool
@@ -252,20 +256,23 @@ class RefineDataParams:
     refine_ids: tuple[int, ...]
     test_ids: tuple[int, ...]
     timeout: float
+    test_style: str = "valid"
+    refilter: bool = True
 
 
 def refine_data(ctx: StageContext, p: RefineDataParams) -> dict[str, Any]:
     """pi_Refine's data (refine_data.jsonl): (old program, feedback, refinement) triples with the paper's filter.
 
     From the human annotation file or the app's annotations (refine split; test split too only when
-    allowed), else from the scripted annotator on the refine split's failing programs. A triple is kept when its
-    refinement passes and Levenshtein(refinement, old) < half the longer of the two.
+    allowed), else from the scripted annotator on the refine split's failing programs. With `refilter`, a triple
+    is kept when its refinement passes and Levenshtein(refinement, old) < half the longer of the two; without,
+    when the annotation file marks it passed (the reference's filter) or, with no such mark, when it passes here.
     """
     if p.annotated:
         ann = _annotations(ctx, p.allow_test)
-        items = _annotated_programs(ctx, p.timeout, p.refine_ids + (p.test_ids if p.allow_test else ()), ann)
+        items = _annotated_programs(ctx, p.timeout, p.refine_ids + (p.test_ids if p.allow_test else ()), ann, p.test_style)
         triples = [{**it, "feedback": ann.rows[it["task_id"]].feedback, "refinement": ann.rows[it["task_id"]].refinement,
-                    "source": "human"} for it in items]
+                    "source": "human", "file_passed": ann.rows[it["task_id"]].passed} for it in items]
     else:
         ann = None
         items = [dataclasses.asdict(f) for f in ctx.read("failures") if f.split == "refine"]
@@ -273,13 +280,17 @@ def refine_data(ctx: StageContext, p: RefineDataParams) -> dict[str, Any]:
         triples = [{"task_id": it["task_id"], "program": it["program"], "error": it["error"],
                     "feedback": notes[it["task_id"]]["feedback"], "refinement": notes[it["task_id"]]["refinement"],
                     "source": "scripted"} for it in items if notes[it["task_id"]]["refinement"]]
-    verdicts = run_programs(ctx, p.timeout, [(f"ref/{t['task_id']}", t["task_id"], t["refinement"]) for t in triples])
+    verdicts = run_programs(ctx, p.timeout, [(f"ref/{t['task_id']}", t["task_id"], t["refinement"]) for t in triples],
+                            p.test_style)
     out = []
     for t in triples:
         passed = verdicts[f"ref/{t['task_id']}"].passed
+        if p.refilter:
+            keep = keep_annotation(t["refinement"], t["program"], passed)
+        else:
+            keep = passed if t.get("file_passed") is None else t["file_passed"]
         out.append(RefineTriple(t["task_id"], t["program"], t["error"], t["feedback"], t["refinement"], t["source"], passed,
-                                levenshtein(t["refinement"], t["program"]),
-                                keep_annotation(t["refinement"], t["program"], passed) and bool(t["feedback"].strip())))
+                                levenshtein(t["refinement"], t["program"]), keep and bool(t["feedback"].strip())))
     RefineTriple.save(ctx.dir / RefineTriple.FILE, out)
     return {"triples": len(out), "kept": sum(r.kept for r in out),
             "excluded_test_annotations": len(ann.excluded_test_ids) if ann else 0,
@@ -313,6 +324,7 @@ class FeedbackParams:
     ids: tuple[int, ...]
     timeout: float
     model: ModelFeedbackParams | None = None
+    test_style: str = "valid"
 
 
 def _model_feedback(ctx: StageContext, p: ModelFeedbackParams, items: Sequence[dict[str, Any]]) -> dict[int, str]:
@@ -343,7 +355,7 @@ def feedback(ctx: StageContext, p: FeedbackParams) -> dict[str, Any]:
     shuffled across tasks (the unrelated-feedback control)."""
     ann = _annotations(ctx, False)  # train-split rows: the leakage guard does not touch them
     if p.programs == "annotated" or p.source == "app":
-        items = _annotated_programs(ctx, p.timeout, p.ids, ann)
+        items = _annotated_programs(ctx, p.timeout, p.ids, ann, p.test_style)
     else:
         items = [dataclasses.asdict(f) for f in ctx.read("failures") if f.split == "train"]
     if (p.source in ("human", "shuffled") and p.programs == "annotated") or p.source == "app":

@@ -11,6 +11,7 @@ _SCHEDULES = ("linear", "cosine", "constant")
 _DTYPES = ("float32", "bfloat16")
 _INITS = ("pretrained", "random")
 _WEIGHTINGS = ("token", "example")
+REMAINDERS = ("short_step", "carry")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,12 @@ class TrainConfig:
     `accum_steps = batch_size / (micro_batch_size * data_parallel)` micro-batches as a `lax.scan`,
     where `data_parallel` is the mesh's data x fsdp size and `micro_batch_size` is per replica.
     `warmup_steps` >= 1 is a step count, a value in [0, 1) a fraction of the total steps.
+    `remainder`: what an epoch does with its last N % batch_size examples: "short_step" (ours) makes them
+    one more step of ceil(N / batch_size) per epoch, normalised to full strength; "carry" (the
+    transformers 4.12.5 Trainer with gradient accumulation) makes floor(N / batch_size) updates per
+    epoch (at least 1), adds the leftovers' gradients to the next epoch's first update (the last
+    epoch's are never applied), and divides every update by the nominal batch, so an update of m
+    examples has m / batch_size of a full step's strength.
     """
 
     learning_rate: float = 5e-6
@@ -80,6 +87,7 @@ class TrainConfig:
     export_hf: bool = True  # also write the final model as an HF directory (out_dir/hf)
     packing: bool = False  # first-fit each step's examples into rows of max_length (segment ids)
     loss_weighting: str = "token"  # "token": every target token alike; "example": every example alike
+    remainder: str = "short_step"  # "short_step" | "carry" (the HF Trainer's updates; see above)
     lora: LoraConfig | None = None  # LoRA adapters on a frozen base instead of full fine-tuning
 
     def __post_init__(self) -> None:
@@ -92,6 +100,8 @@ class TrainConfig:
             fail(f"dtype={self.dtype!r} must be one of {_DTYPES}")
         if self.loss_weighting not in _WEIGHTINGS:
             fail(f"loss_weighting={self.loss_weighting!r} must be one of {_WEIGHTINGS}")
+        if self.remainder not in REMAINDERS:
+            fail(f"remainder={self.remainder!r} must be one of {REMAINDERS}")
         if self.lora is not None and not isinstance(self.lora, LoraConfig):
             fail(f"lora={self.lora!r} must be a LoraConfig")
         if self.lora is not None and self.init == "random":

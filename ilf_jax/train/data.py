@@ -16,7 +16,9 @@ Batches: each optimizer step takes `batch_size` examples of a per-epoch permutat
 (seed, epoch); with `group_by_length`, examples are sorted by (noisy) length inside windows of
 16 steps and the steps of the epoch are shuffled, so padding stays short. The padded length of a step
 is its longest sequence rounded up to `length_multiple` (few distinct shapes, few compiles).
-A step with fewer examples (the last of an epoch) is filled with rows that carry no loss.
+A step with fewer examples (the last of an epoch) is filled with rows that carry no loss; with
+`remainder: carry` those leftovers instead join the next epoch's first update (`epoch_updates`),
+which then has more micro-batches than `accum`.
 
 Packing (`TrainConfig.packing`): the same examples of a step are first-fit, in the step's order,
 into rows of `max_length`, with segment ids and per-example positions, so attention never
@@ -124,7 +126,10 @@ def fingerprint(encoded: Sequence[Encoded]) -> str:
     return h.hexdigest()[:16]
 
 
-def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+def steps_per_epoch(n_examples: int, batch_size: int, remainder: str = "short_step") -> int:
+    """Optimizer updates per epoch: ceil(N / B) with short steps, floor(N / B) (at least 1) when carried."""
+    if remainder == "carry":
+        return max(1, n_examples // batch_size)
     return max(1, math.ceil(n_examples / batch_size))
 
 
@@ -149,6 +154,23 @@ def epoch_steps(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     full = [s for s in steps if len(s) == batch_size]
     short = [s for s in steps if len(s) != batch_size]
     return [full[i] for i in rng.permutation(len(full))] + short
+
+
+def epoch_updates(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool,
+                  remainder: str = "short_step") -> list[np.ndarray]:
+    """The example indices of every optimizer update of `epoch` (see `TrainConfig.remainder`): with
+    "carry", the short last step of `epoch_steps` is not an update of its own; its examples join the
+    next epoch's first update (their gradients were taken at the same weights, as no update ran between)."""
+    steps = epoch_steps(lengths, batch_size, seed, epoch, group_by_length)
+    if remainder != "carry":
+        return steps
+    if len(steps) > 1 and len(steps[-1]) < batch_size:
+        steps = steps[:-1]
+    if epoch > 0:
+        before = epoch_steps(lengths, batch_size, seed, epoch - 1, group_by_length)
+        if len(before) > 1 and len(before[-1]) < batch_size:
+            steps = [np.concatenate([before[-1], steps[0]])] + steps[1:]
+    return steps
 
 
 def padded_length(longest: int, multiple: int, cap: int) -> int:
@@ -254,8 +276,9 @@ def step_batch(
     longest = max(encoded[i].length - 1 for i in indices)
     t = padded_length(longest, length_multiple, max_length)
     per = batch_size // accum
+    accum = max(accum, -(-len(indices) // per))  # a carried update holds more than batch_size examples
     if rows is None:
-        flat = make_batch(encoded, indices, batch_size, t, weighting)
+        flat = make_batch(encoded, indices, accum * per, t, weighting)
         return {k: v.reshape(accum, per, t) for k, v in flat.items()}
     idx = list(indices)
     parts = [make_batch(encoded, idx[m * per + rows.start : m * per + rows.stop], len(rows), t, weighting) for m in range(accum)]

@@ -206,7 +206,7 @@ def train(
     if cfg.batch_size % rows and not cfg.packing:
         raise IlfError(f"train: batch_size={cfg.batch_size} is not a multiple of micro_batch_size x data-parallel = {rows}")
     accum = cfg.batch_size // rows  # packed steps have as many micro-batches as their rows need
-    spe = data_lib.steps_per_epoch(len(encoded), cfg.batch_size)
+    spe = data_lib.steps_per_epoch(len(encoded), cfg.batch_size, cfg.remainder)
     total = spe * cfg.epochs
     tx = make_optimizer(cfg, total)
     schedule = learning_rate_schedule(cfg, total)
@@ -241,7 +241,8 @@ def train(
     base = None
     if lora is not None:  # the frozen base: loaded once, never updated, not in the checkpoints
         base = _initial_params(model, config, cfg, mesh, None, rules)
-    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora, rules=rules,
+    nominal = cfg.batch_size if cfg.remainder == "carry" else None
+    step_fn = make_train_step(config, tx, mesh, shardings, schedule, lora=lora, rules=rules, nominal_batch=nominal,
                               base_shardings=None if lora is None else param_shardings(config, mesh, rules))
     extra = () if lora is None else (base,)
     bshard = batch_shardings(mesh, rules)
@@ -264,7 +265,8 @@ def train(
         for s in range(start, end):
             epoch, pos = divmod(s, spe)
             if epoch not in orders:
-                orders = {epoch: data_lib.epoch_steps(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)}
+                orders = {epoch: data_lib.epoch_updates(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length,
+                                                        cfg.remainder)}
             idx = orders[epoch][pos]
             host = data_lib.step_batch(encoded, idx, cfg.batch_size, accum, cfg.length_multiple, cfg.max_length, my_rows,
                                        weighting=cfg.loss_weighting, packing=cfg.packing, micro_rows=rows)

@@ -5,7 +5,10 @@ A batch is a dict of [accum, rows, T] arrays (see `data.make_batch`): `tokens`, 
 (padded rows) or `segments` + `positions` (packed rows, `data.make_packed_batch`). The loss of a
 step is the weighted mean NLL over the whole effective batch: each micro-batch adds its summed
 weighted NLL, its summed weight and the gradient of the sum, and the step divides once, so
-accumulating micro-batches equals one big batch exactly (up to summation order).
+accumulating micro-batches equals one big batch exactly (up to summation order). With a
+`nominal_batch` (the HF Trainer's fixed accumulation, `TrainConfig.remainder: carry`), the gradient is
+instead scaled by (examples in the update) / nominal_batch: a short or carried update is weaker or
+stronger, as the Trainer's loss / gradient_accumulation_steps makes it.
 
 With a `Lora`, the trained pytree is the adapters: the step takes the frozen base params as a
 third argument and the loss sees `lora.merge(base, adapters)`.
@@ -126,6 +129,18 @@ def accumulate_grads(params: Any, batch: Batch, config: ModelConfig, constrain=N
     return gsum, lsum, count
 
 
+def example_count(batch: Batch) -> jax.Array:
+    """How many examples a batch's weights cover: runs of weighted positions, split at row and
+    segment starts (each example's weighted targets are one contiguous run)."""
+    on = batch["weights"] > 0
+    pad = [(0, 0)] * (on.ndim - 1) + [(1, 0)]
+    cont = jnp.pad(on[..., :-1], pad)
+    if "segments" in batch:
+        seg = batch["segments"]
+        cont = cont & jnp.pad(seg[..., :-1] == seg[..., 1:], pad)
+    return jnp.sum(on & ~cont).astype(jnp.float32)
+
+
 def make_train_step(
     config: ModelConfig,
     tx: optax.GradientTransformation,
@@ -138,9 +153,12 @@ def make_train_step(
     lora: Lora | None = None,
     base_shardings: Any = None,
     rules: Rules = DEFAULT_RULES,
+    nominal_batch: int | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
     With `lora`: `step(state, batch, base_params)`, the state holding only the adapters.
+
+    `nominal_batch`: scale the gradient by examples / nominal_batch (see the module docstring).
 
     Metrics: loss (mean target NLL), grad_norm (before clipping), lr (of this step), tokens
     (summed target weights: tokens, or examples with example weighting), and with
@@ -153,7 +171,8 @@ def make_train_step(
         to_model = (lambda p: p) if lora is None else (lambda p: lora.merge(base, p, dtype))
         gsum, lsum, count = accumulate_grads(state.params, batch, config, constrain, shardings.params, to_model)
         denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, gsum)
+        scale = denom if nominal_batch is None else denom * nominal_batch / jnp.maximum(example_count(batch), 1.0)
+        grads = jax.tree.map(lambda g: g / scale, gsum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
