@@ -338,6 +338,8 @@ class Worker:
                     self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
                 except OSError:
                     self.spare = None
+            if self.namespaces:  # the jobs share the worker's network namespace: one job's processes in it at a time
+                self.bury(wait=True)
             outcome = judge(job, watch, self.cfg, prefetch)
             if outcome["kind"] == "rerun" and not watch.stopped:
                 box.kill()
