@@ -3,8 +3,8 @@
 `new_pid_namespace` (in the zygote, before it forks the job's init) and `enter_job_root` (in the
 init) give the job new PID, mount and IPC namespaces; `build_template` (once, in the zygote) gives
 the worker's jobs an empty network namespace, no interface up, which they occupy one at a time
-(made once, not per job: destroying one costs the kernel ~0.9 ms of CPU, measured per job, and a
-job without capabilities can leave nothing in it), and pivots into a fresh root: read-only
+(made once, not per job: a fresh one per job cost ~0.7 ms of kernel-thread CPU a job, measured, and
+a job without capabilities can leave nothing in it), and pivots into a fresh root: read-only
 binds of the system and Python directories, a few device nodes, a new /proc, and one size-capped
 tmpfs for /tmp, /var/tmp and /dev/shm. Nothing else of the host (the caller's files, other jobs,
 their temporary files) exists in it. `confine` is the program process's last step as root: its own
