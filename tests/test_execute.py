@@ -195,3 +195,21 @@ def test_sigkill_of_ilf_exec_mid_batch_leaves_nothing_and_resumes(tmp_path):
     assert _ilf(str(inp), "-o", str(out), "--workers", "2").returncode == 0  # resumes: every id answered once
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(int(r["id"]) for r in rows) == list(range(30)) and all(r["verdict"] == "passed" for r in rows)
+
+
+def test_jobs_sharing_a_network_namespace_never_meet():
+    # A worker's jobs share its empty network namespace, one at a time: an abstract unix socket that a
+    # job left bound there (held by a child it forked) is gone before the next job's program runs.
+    hold = ("import os, socket, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "s.bind('\\0ilf-meet')\ns.listen(1)\nif os.fork() == 0:\n    time.sleep(60)\n"
+            "def f():\n    return 1\n")
+    probe = ("import socket\ndef f():\n    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    try:\n"
+             "        c.connect('\\0ilf-meet')\n    except OSError:\n        return 'alone'\n    return 'met'\n")
+    with Executor(workers=1, timeout=3.0, lanes=1) as ex:
+        if not ex.isolated:
+            pytest.skip("no namespaces on this kernel: " + ex.isolation)
+        got = ex.run([Job("hold", hold, test_list=("assert f() == 1",)),
+                      Job("probe", probe, test_list=("assert f() == 'alone'",)),
+                      Job("probe_sees_a_live_socket", hold.replace("def f():\n    return 1\n", probe),
+                          test_list=("assert f() == 'met'",))])
+    assert [r.verdict for r in got] == ["passed", "passed", "passed"], got

@@ -153,3 +153,27 @@ def test_prefetch_plan_is_the_straight_line_prefix(test, expected):
 def test_a_wrong_plan_is_detected_not_used():
     shadow = "def max(*a):\n    return 0\ndef f(x):\n    return x\n"  # `max` looks like the builtin to the plan
     assert _judge(shadow, "assert max(1, 2) == 0\nassert f(3) == 3")["kind"] == "rerun"
+
+
+@pytest.mark.parametrize("test", [
+    "assert f(1) == 2\nassert f(2) == 3",
+    "assert f('a\\r\\nb') == 1\r\nassert f(\r\n 1,\r 2) == \\\n  3\n",
+    "x = 1\x0c\nassert  f( 'é€' ,\n 2 )  ==  '𝔘'\nassert g() != [\n  1,\n]\n",
+    "from pytest import approx\ndef check(candidate):\n\tassert candidate([1], k=-2) == approx(1.5), 'm'\ncheck(g)",
+])
+def test_prepared_test_has_the_plan_and_the_asserts_source_text(test):
+    import ast
+
+    from ilf_jax.execute import judge
+    from ilf_jax.execute.prefetch import plan
+
+    code, calls = judge.prepare_test.__wrapped__(test)  # one parse for both
+    assert calls == plan.__wrapped__(test)
+    texts, todo = [], [code]
+    while todo:  # each rewritten assert carries its source text (in check's code for those inside it)
+        consts = todo.pop().co_consts
+        texts += [c for c in consts if isinstance(c, str)]
+        todo += [c for c in consts if hasattr(c, "co_consts")]
+    for node in ast.walk(ast.parse(test)):
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
+            assert ast.get_source_segment(test, node.test) in texts

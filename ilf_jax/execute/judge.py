@@ -21,11 +21,12 @@ import json
 import linecache
 import operator
 import random
+import re
 import traceback
 from typing import Any
 
 from ilf_jax.execute import wire
-from ilf_jax.execute.prefetch import plan
+from ilf_jax.execute.prefetch import plan_tree
 from ilf_jax.execute.program import STDLIB_BINDABLE, _short
 
 _OPS = {
@@ -315,28 +316,46 @@ def make_check(entry_point: str):
     return __ilf_check
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n|$)")  # lines as ast.get_source_segment splits them
+
+
 class _ExplainAsserts(ast.NodeTransformer):
     """`assert L op R[, msg]` -> `__ilf_check(L, R, 'op', 'L op R')` (one evaluation of each side)."""
 
     def __init__(self, source: str) -> None:
-        self.source = source
+        self.lines = _LINE.findall(source)  # once per test, not once per assert (get_source_segment's cost)
+
+    def segment(self, node: ast.expr) -> str:
+        """ast.get_source_segment(source, node) on the lines split once."""
+        if node.end_lineno is None or node.end_col_offset is None:
+            return ""
+        first, last = node.lineno - 1, node.end_lineno - 1
+        if first == last:
+            return self.lines[first].encode()[node.col_offset:node.end_col_offset].decode()
+        return "".join([self.lines[first].encode()[node.col_offset:].decode(), *self.lines[first + 1:last],
+                        self.lines[last].encode()[:node.end_col_offset].decode()])
 
     def visit_Assert(self, node: ast.Assert) -> ast.AST:
         test = node.test
         if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in _OPS):
             return node
-        text = ast.get_source_segment(self.source, test) or ""
-        call = ast.Call(func=ast.Name("__ilf_check", ast.Load()),
-                        args=[test.left, test.comparators[0], ast.Constant(_OPS[type(test.ops[0])][0]),
-                              ast.Constant(text)], keywords=[])
+        at = functools.partial(ast.copy_location, old_node=test)  # located new nodes: no fix_missing_locations pass
+        call = at(ast.Call(func=at(ast.Name("__ilf_check", ast.Load())),
+                           args=[test.left, test.comparators[0], at(ast.Constant(_OPS[type(test.ops[0])][0])),
+                                 at(ast.Constant(self.segment(test)))], keywords=[]))
         return ast.copy_location(ast.Expr(call), node)
 
 
 @functools.lru_cache(maxsize=256)  # the samples of one task share their tests
-def compile_test(source: str) -> Any:
-    """Test code with explaining asserts, compiled under the file name `<test>`."""
-    tree = _ExplainAsserts(source).visit(ast.parse(source, "<test>"))
-    return compile(ast.fix_missing_locations(tree), "<test>", "exec")
+def prepare_test(source: str) -> tuple[Any, tuple]:
+    """Test code with explaining asserts, compiled under the file name `<test>`, and its prefetch plan:
+    one parse for both."""
+    tree = ast.parse(source, "<test>")
+    try:
+        calls = plan_tree(tree)  # before the rewrite, which changes the tree in place
+    except (MemoryError, RecursionError):
+        calls = ()
+    return compile(_ExplainAsserts(source).visit(tree), "<test>", "exec"), calls
 
 
 def judge(job: dict[str, Any], io: Any, cfg: dict[str, Any], prefetch: bool = True) -> dict[str, str]:
@@ -352,11 +371,11 @@ def judge(job: dict[str, Any], io: Any, cfg: dict[str, Any], prefetch: bool = Tr
     linecache.cache["<test>"] = (len(test), None, test.splitlines(True), "<test>")
     random.seed(0)
     try:
-        test_code = compile_test(test)
+        test_code, calls = prepare_test(test)
     except BaseException as e:  # noqa: BLE001 - bad test input is reported, not raised
         return {"kind": "error", "error": "the test code does not compile: " + describe(e, 0, limit)}
     try:
-        loaded = chan.load(job["program"], plan(test) if prefetch else ())
+        loaded = chan.load(job["program"], calls if prefetch else ())
         if isinstance(loaded, tuple):
             return {"kind": loaded[0], "error": loaded[1]}
         namespace = {**loaded, "__builtins__": builtins, "__ilf_check": make_check(job["entry_point"])}

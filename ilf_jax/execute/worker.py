@@ -14,17 +14,14 @@ Run as `python -m ilf_jax.execute.worker CONFIG_JSON`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import resource
-import secrets
 import select
-import shutil
 import signal
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -50,13 +47,20 @@ def _preload() -> None:
 
 
 def _judge_modules() -> None:
-    """What only the judge needs: pytest's approx (or the stand-in when pytest is absent)."""
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
+    """What only the judge needs: pytest's approx, imported by the first test that asks for it (importing
+    it here cost each worker ~80 ms, measured, and most tests never do), or the stand-in when pytest is absent."""
+    if importlib.util.find_spec("pytest") is None:
         from ilf_jax.execute import approx_fallback
 
         sys.modules["pytest"] = approx_fallback
+
+
+def _import_now() -> None:
+    """Import what this process would otherwise import after jobs ran: without namespaces a job can write
+    the caller's files, so nothing is imported from disk once a job has run."""
+    for name in ("pytest", "shutil", "subprocess", "tempfile"):
+        if name not in sys.modules:
+            importlib.import_module(name)
 
 
 def descendants(root: int) -> list[int]:
@@ -89,7 +93,7 @@ class Sandbox:
     """One prepared job sandbox as the worker sees it: its init and the worker's/judge's pipe ends."""
 
     def __init__(self, worker: Worker) -> None:
-        self.uid = _UID_BASE + secrets.randbelow(1 << 30)
+        self.uid = _UID_BASE + int.from_bytes(os.urandom(4), "big") % (1 << 30)  # unguessable, like secrets'
         self.dir = None
         if not worker.namespaces:
             self.dir = os.path.join(worker.tmp_root(), str(self.uid))
@@ -230,6 +234,9 @@ def _kill_uid(uid: int) -> None:
 
 def remove_tree(path: str) -> None:
     """Remove a job directory without following its links, however deep or odd; never raises."""
+    import shutil  # (here and in tmp_root: only without namespaces, imported by then; the zygote forks without them)
+    import subprocess
+
     try:
         shutil.rmtree(path)
     except Exception:  # noqa: BLE001 - a deep tree (RecursionError), modes the job set...
@@ -256,6 +263,8 @@ class Worker:
 
     def tmp_root(self) -> str:
         if self._tmp is None:
+            import tempfile
+
             self._tmp = tempfile.mkdtemp(prefix="ilf-exec-")
             os.chmod(self._tmp, 0o711)
         return self._tmp
@@ -275,6 +284,7 @@ class Worker:
             if not self.namespaces:
                 raise RuntimeError(f"the sandbox could not be built: {box.setup_error}")
             self.namespaces, self.fallback_reason = False, box.setup_error or "unknown"
+            _import_now()
         raise RuntimeError("the sandbox could not be built")
 
     def _reap_strays(self) -> None:
@@ -338,6 +348,8 @@ class Worker:
                     self.spare = Sandbox(self)  # the next job's sandbox is made while this one runs
                 except OSError:
                     self.spare = None
+            if self.namespaces:  # the jobs share the worker's network namespace: one job's processes in it at a time
+                self.bury(wait=True)
             outcome = judge(job, watch, self.cfg, prefetch)
             if outcome["kind"] == "rerun" and not watch.stopped:
                 box.kill()
@@ -510,6 +522,8 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (judge_bytes, judge_bytes))  # the judge runs here: bounded
     try:
         _judge_modules()
+        if not worker.namespaces:
+            _import_now()
         worker.spare = worker.take_sandbox()  # find out which isolation this kernel gives us
     except Exception as e:  # noqa: BLE001
         wire.send(proto_out, {"ready": False, "error": f"{type(e).__name__}: {e}"})

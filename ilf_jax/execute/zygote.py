@@ -2,8 +2,8 @@
 
 Asked over a unix socket (with the job's pipe ends passed as file descriptors), it forks the job's
 init as pid 1 of a new PID namespace and hands the worker a pidfd of it. The zygote itself lives in
-the jobs' read-only root (isolation.build_template); the init enters new mount, IPC and network
-namespaces, mounts its private /tmp and /proc, forks the program process, which
+the jobs' read-only root and empty network namespace (isolation.build_template); the init enters new
+mount and IPC namespaces, mounts its private /tmp and /proc, forks the program process, which
 confines itself (own uid, limits, no capabilities) and waits for the judge's `load`, and then
 reports the job's CPU time and the program's exit. The zygote never holds a program, a test or a
 result, so no job's sandbox starts with another job's data in its memory.
@@ -26,6 +26,7 @@ from ilf_jax.execute import isolation, program
 POLL_S, MAX_POLL_S = 0.02, 0.25
 _CLK = os.sysconf("SC_CLK_TCK")
 N_FDS = 6  # request read end, reply write end, stdout, stderr, status write end, lifeline read end
+_environment_home = ""  # the home of the environment _set_environment made in this process ("": none yet)
 
 
 def start(cfg: dict[str, Any], close: list[int]) -> tuple[int, socket.socket]:
@@ -68,6 +69,8 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
             isolation.build_template(cfg["binds"], cfg["hide"])
         except OSError as e:
             root_error = f"the sandbox root could not be built: {e}"
+    if cfg["isolate"] and not root_error:  # every namespaced job has this environment: set it once, here
+        _set_environment(isolation.WORK_DIR)  # (measured: ~80 page faults fewer a job than each program setting it)
     gc.freeze()
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, N_FDS)
@@ -178,6 +181,15 @@ def _watch(pid: int, status_w: int, life_r: int, namespaces: bool, cfg_timeout: 
                 watched.remove(pidfd)
 
 
+def _set_environment(home: str) -> None:
+    """The program's whole environment: its home (also its temporary directory), PATH, locale, hash seed."""
+    global _environment_home
+    _environment_home = home
+    os.environ.clear()
+    os.environ.update(HOME=home, TMPDIR=home, TMP=home, TEMP=home, PATH="/usr/bin:/bin", LANG="C.UTF-8",
+                      PYTHONHASHSEED="0")
+
+
 def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: dict[str, Any], cfg: dict[str, Any]) -> NoReturn:
     """The program process: standard streams, the two channel fds at 3 and 4, confinement, then serve."""
     try:
@@ -189,9 +201,8 @@ def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: dict[str, 
         os.closerange(5, 1 << 16)
         home = isolation.WORK_DIR if request["namespaces"] else request["dir"]
         os.chdir(home)
-        os.environ.clear()
-        os.environ.update(HOME=home, TMPDIR=home, TMP=home, TEMP=home, PATH="/usr/bin:/bin", LANG="C.UTF-8",
-                          PYTHONHASHSEED="0")
+        if _environment_home != home:  # (the zygote set it for namespaced jobs)
+            _set_environment(home)
         isolation.confine(cfg["limits"], request["uid"] if cfg["own_uid"] else None)
         import faulthandler
 
