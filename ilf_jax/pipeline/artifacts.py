@@ -91,7 +91,7 @@ RefineTriple = _record(
 Feedback = _record("Feedback", "feedback.jsonl", "feedback",
                    "Feedback on a train task's failing program (refinement: the annotator's, when there is one).",
                    task_id=int, old_program=str, error=str, feedback=str, refinement=str | None, source=str)
-Selected = _record("Selected", "selected.jsonl", "selected", "The passing refinement chosen for a task (lowest sample index).",
+Selected = _record("Selected", "selected.jsonl", "selected", "The passing refinement chosen for a task (by finetune.selection).",
                    task_id=int, sample=int, completion=str)
 Perplexity = _record("Perplexity", "perplexity.jsonl", "perplexity", "An example's NLL and perplexity under the base model.",
                      source=str, task_id=int, nll=float, perplexity=float)
