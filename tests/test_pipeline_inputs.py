@@ -347,3 +347,26 @@ def test_model_feedback_ablation_has_the_model_refine_its_own_failures_without_p
     assert len(samples) == 2 * len(feedback)
     with pytest.raises(Exception, match="feedback.model.refines needs feedback.source=model"):
         config_from(str(TINY), argv[:-5] + ["feedback.model.refines=true"])
+
+
+def test_raw_refinements_run_to_eos_and_the_old_code_is_cut_to_its_first_tokens(shared_data, model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ilf_jax.data.formats import refinement_prompt
+    from ilf_jax.pipeline import engine, steps
+    from ilf_jax.pipeline.run import config_from, open_run
+
+    run = tmp_path / "run"
+    argv = [*_args(shared_data, model_dir, run), "refiner.outputs=raw", "refiner.old_code_tokens=5", "sampling.max_new_tokens=12"]
+    for stage in ("r1.refine_data", "r1.feedback", "r1.train_refine", "r1.sample_refinements"):
+        assert cli.main(["stage", stage, str(TINY), *argv, "--no-progress"]) == 0
+    samples = [json.loads(x) for x in (run / "stages" / "r1.sample_refinements" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["finish_reason"] in ("eos", "length") for s in samples)  # no end-of-function stop
+    assert all(s["num_tokens"] == 12 for s in samples if s["finish_reason"] == "length")
+    opened = open_run(config_from(str(TINY), argv), progress=False, check=False)
+    sr = opened.stage("r1.sample_refinements")
+    prompts = steps._prompts(engine.StageContext(sr, run / "stages" / sr.name, run, opened.services), sr.params)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for (tid, q), r in zip(prompts, _feedback(run)):
+        head = tok.decode(tok(r["old_program"], add_special_tokens=False)["input_ids"][:5])
+        assert len(head) < len(r["old_program"]) and q.startswith(refinement_prompt(head, r["feedback"]))

@@ -202,6 +202,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["## Table 4: pass rates on the test split", "", TABLE4_HEADER, "|---|---|---|---|---|---|---|"]
     for row in res["table4"]:
         note = " (no training data: base model)" if row["trained"] is False else ""
+        if row.get("selection"):
+            note += f" (`{row['selection']['chosen']}`, chosen on {row['selection']['split']})"
         lines.append(f"| {row['name']}{note} | {row['feedback']} | {row['data']} | {_cell(row, 'pass@1')} | "
                      f"{_cell(row, 'pass@10')} | {_cell(row, 'one_plus_correct')} | {row['tasks']} |")
     paired = [row for row in res["table4"] if row.get("vs_zero_shot")]
