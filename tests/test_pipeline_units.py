@@ -104,10 +104,15 @@ def test_config_refuses_unknown_keys_and_bad_choices(tmp_path):
         config.resolve({**good, "feedback": {}})
     with pytest.raises(IlfError, match="feedback.source=scripted needs feedback.annotator"):
         config.resolve({**good, "feedback": {"source": "scripted", "programs": "sampled", "annotations": "a"}})
-    for name in ("ilf.yaml", "model-feedback.yaml", "unrelated-feedback.yaml"):
-        assert to_data(config.load(REPO / "configs" / "paper" / name))["sampling"] == {
-            "n": 30, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 512, "seed": 0,
+    for name in ("ilf.yaml", "model-feedback.yaml", "model-feedback-pi-refine.yaml", "unrelated-feedback.yaml"):
+        cfg = config.load(REPO / "configs" / "paper" / name)
+        assert to_data(cfg)["sampling"] == {
+            "n": 30, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 1024, "seed": 42,
             "batch_size": 64, "chunk": 16}
+        assert (cfg.refiner.old_code_tokens, cfg.finetune.selection, cfg.finetune.selection_seed) == (512, "random", 42)
+        assert (cfg.sweep.select_on, cfg.finetune.train.dtype, cfg.finetune.train.seed) == ("refine", "float32", 42)
+        ablation = name == "model-feedback.yaml"  # the model refines (cut: it is not trained to stop); no pi_Refine
+        assert (cfg.feedback.model.refines, cfg.refiner.outputs) == ((True, "cut") if ablation else (False, "raw"))
 
 
 def test_texts_on_real_tasks(shared_data):
