@@ -256,3 +256,11 @@ def test_refinement_outputs_and_old_code_cut_reach_the_refinement_sampling_param
     with pytest.raises(IlfError, match="refiner.old_code_tokens=0"):
         config_from(tiny, args + ["refiner.old_code_tokens=0"])
 
+
+
+def test_a_sweep_points_stage_folder_has_no_glob_brackets(tmp_path):
+    """orbax globs inside checkpoint paths: a model saved under `finetune.gold[lr=0.001]` could not be restored."""
+    from ilf_jax.pipeline.artifacts import stage_dir
+
+    assert stage_dir(tmp_path, "finetune.gold[lr=0.001,bs=32]") == tmp_path / "stages" / "finetune.gold(lr=0.001,bs=32)"
+    assert stage_dir(tmp_path, "r1.finetune.ilf") == tmp_path / "stages" / "r1.finetune.ilf"

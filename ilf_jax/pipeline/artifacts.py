@@ -20,9 +20,13 @@ STATE = "stage.json"
 TRAIN_DIR = "train"  # a training stage's trainer output folder (checkpoints, metrics.jsonl, model)
 
 
+_GLOB_FREE = str.maketrans("[]", "()")
+
+
 def stage_dir(run_dir: pathlib.Path, name: str) -> pathlib.Path:
-    """The folder of stage `name` in a run directory."""
-    return run_dir / STAGES / name
+    """The folder of stage `name` in a run directory; a sweep point's `[lr=..]` is written `(lr=..)`, since
+    orbax globs inside checkpoint paths and brackets would make it miss a saved model's parts."""
+    return run_dir / STAGES / name.translate(_GLOB_FREE)
 
 
 @functools.lru_cache(maxsize=None)

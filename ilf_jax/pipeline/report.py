@@ -348,5 +348,5 @@ def report(ctx: StageContext, p: ReportParams) -> dict[str, Any]:
 def print_table(run_dir: pathlib.Path) -> str:
     """The Table 4 rows of a finished run, as text (for the CLI)."""
     res = read_json(run_dir / RESULTS)
-    return "\n".join(f"{r['name']:<28} pass@1 {_pct(r.get('pass@1')):>7}  pass@10 {_pct(r.get('pass@10')):>7}"
+    return "\n".join(f"{r['name']:<28} pass@1 {_cell(r, 'pass@1'):>20}  pass@10 {_cell(r, 'pass@10'):>20}"
                      for r in res["table4"])
