@@ -192,6 +192,7 @@ def test_report_tables_show_intervals_table1_and_paired_differences():
     d = res["table4"][1]["vs_zero_shot"]["pass@1"]
     assert f"| ilf | {100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] |" in text
     assert "| zero_shot |" not in text.split("Paired difference")[1]
+    assert "Table 1 (zero-shot on all of MBPP) is left out" in report.markdown({**res, "table1": None})
 
 
 def _select_ctx(tmp_path: pathlib.Path, rows: list[tuple[int, int, str, bool]]) -> engine.StageContext:

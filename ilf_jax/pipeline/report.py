@@ -199,6 +199,9 @@ def markdown(res: dict[str, Any]) -> str:
                   "| splits | pass@1 | pass@10 | 1+ correct | tasks |", "|---|---|---|---|---|",
                   f"| {' + '.join(t1['splits'])} | {_cell(t1, 'pass@1')} | {_cell(t1, 'pass@10')} | "
                   f"{_cell(t1, 'one_plus_correct')} | {t1['tasks']} |", ""]
+    else:
+        lines += ["Table 1 (zero-shot on all of MBPP) is left out: it needs zero-shot on the test split and the "
+                  "collection samples drawn with the same settings as the test samples (no `evaluation.sampling` overlay).", ""]
     lines += ["## Table 4: pass rates on the test split", "", TABLE4_HEADER, "|---|---|---|---|---|---|---|"]
     for row in res["table4"]:
         note = " (no training data: base model)" if row["trained"] is False else ""
