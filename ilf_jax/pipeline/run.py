@@ -65,6 +65,10 @@ def _fingerprints(cfg: PipelineConfig) -> dict[str, str]:
         out["annotations"] = fingerprint(cfg.feedback.annotations)
     fb_model = cfg.feedback.model.dir
     out["feedback_model"] = fingerprint(fb_model) if fb_model else out["model"]
+    if "humaneval" in cfg.evaluation.benchmarks:
+        from ilf_jax.data.humaneval import installed_path
+
+        out["humaneval"] = fingerprint(cfg.evaluation.humaneval_path or installed_path())
     return out
 
 
@@ -84,7 +88,7 @@ def _services(cfg: PipelineConfig, task_set: Any, progress: bool) -> Services:
     model, fb = cfg.model, cfg.feedback
     base = ModelRef(pathlib.Path(model.dir), pathlib.Path(model.tokenizer or model.dir)) if model.dir else None
     services = Services(pathlib.Path(cfg.run_dir), task_set, base, base, fb.annotations, fb.allow_test_annotations,
-                        model.mesh, cfg.executor.workers, progress)
+                        model.mesh, cfg.executor.workers, progress, cfg.evaluation.humaneval_path)
     if fb.model.dir:
         services.feedback_model = services.model_ref(fb.model.dir)
     return services

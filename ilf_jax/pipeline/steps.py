@@ -62,36 +62,61 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _model(ctx: StageContext) -> ModelRef:
-    """The model a stage uses: input `model` (a training stage's output) or else the run's base model."""
+    """The model a stage uses: input `model` (a training stage's output), the feedback model (a stage declaring
+    that source), or else the run's base model."""
     if ctx.has("model"):
         return ctx.services.model_ref(ctx.read("model").model_dir)
-    return ctx.source("model")
+    return ctx.source("feedback_model" if "feedback_model" in ctx.stage.sources else "model")
 
 
 # -- sampling and execution ------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SampleParams:
     """Sample `sampling.n` completions for prompts of kind `prompts`:
-    task (the task prompts of `ids`), refine (pi_Refine prompts of input `feedback`), or
-    fewshot_relevant / fewshot_unrelated (1-shot refinement prompts, feedback shuffled by `shuffle_seed`)."""
+    task (the task prompts of `ids`), humaneval (the HumanEval prompts of problem numbers `ids`), refine (pi_Refine prompts of input `feedback`, the old program cut to its
+    first `old_code_tokens` tokens when set), or fewshot_relevant / fewshot_unrelated (1-shot refinement
+    prompts, feedback shuffled by `shuffle_seed`), or model_refine (the feedback model's `shots`-shot refinement
+    prompts of input `feedback`, the InstructGPT ablation). `cut`: completions cut at the end of the function (with the
+    first line's indentation fixed), else kept whole up to EOS (pass `sampling.stop_rule=False` with it)."""
 
     sampling: SamplingConfig
     prompts: str = "task"
     ids: tuple[int, ...] = ()
     shuffle_seed: int | None = None
     chunk: int = dataclasses.field(default=16, metadata=_NO_ID)  # prompts per appended group of records
+    cut: bool = True
+    old_code_tokens: int | None = None
+    shots: int = 1
+
+
+def _head_tokens(ctx: StageContext, limit: int) -> Callable[[str], str]:
+    """Text cut to its first `limit` tokens of the sampled model's tokenizer (the reference's `truncate`)."""
+    from ilf_jax.model.store import load_tokenizer
+
+    tok = load_tokenizer(_model(ctx).tokenizer)
+    return lambda text: tok.decode(tok(text, add_special_tokens=False)["input_ids"][:limit])
 
 
 def _prompts(ctx: StageContext, p: SampleParams) -> list[tuple[int, str]]:
-    tasks = ctx.source("tasks")
+    tasks = ctx.source("tasks") if p.prompts != "humaneval" else None
     if p.prompts == "task":
         from ilf_jax.data.formats import task_prompt
 
         return [(i, task_prompt(tasks.tasks[i])) for i in p.ids]
+    if p.prompts == "humaneval":
+        problems = ctx.source("humaneval")
+        return [(i, problems[i].prompt) for i in p.ids]
     rows = ctx.read("feedback")
+    old = (lambda text: text) if p.old_code_tokens is None else _head_tokens(ctx, p.old_code_tokens)
     if p.prompts == "refine":
-        return [(r.task_id, texts.refine_sampling_prompt(tasks.tasks[r.task_id], r.old_program, r.feedback)) for r in rows]
-    shots = [(r.old_program, r.feedback, r.refinement) for r in ctx.read("refine_data") if r.kept][:1]
+        return [(r.task_id, texts.refine_sampling_prompt(tasks.tasks[r.task_id], old(r.old_program), r.feedback))
+                for r in rows]
+    shots = [(r.old_program, r.feedback, r.refinement) for r in ctx.read("refine_data") if r.kept][: p.shots]
+    if p.prompts == "model_refine":
+        if len(shots) < p.shots:
+            raise IlfError(f"feedback.model.shots={p.shots}: only {len(shots)} kept pi_Refine examples to show")
+        return [(r.task_id, texts.fewshot_refine_prompt(shots, tasks.tasks[r.task_id], old(r.old_program), r.feedback))
+                for r in rows]
     perm = texts.derangement(len(rows), p.shuffle_seed) if p.prompts == "fewshot_unrelated" else list(range(len(rows)))
     return [(r.task_id, texts.fewshot_refine_prompt(shots, tasks.tasks[r.task_id], r.old_program, rows[q].feedback))
             for r, q in zip(rows, perm)]
@@ -109,7 +134,7 @@ def sample(ctx: StageContext, p: SampleParams) -> dict[str, Any]:
             with _bar(ctx, len(prompts) * n, (len(prompts) - len(todo)) * n) as bar:
                 for chunk in _chunks(todo, p.chunk):
                     outs = sampler.sample([q for _, q in chunk], cfg, key_ids=[tid for tid, _ in chunk],
-                                          postprocess=truncate_completion)
+                                          postprocess=truncate_completion if p.cut else None)
                     truncated = {chunk[i][0] for i in sampler.truncated}
                     log.append(Sample(chunk[c.prompt_index][0], c.sample, c.text, c.finish_reason, c.num_tokens,
                                       chunk[c.prompt_index][0] in truncated).to_json() for c in outs)
@@ -123,10 +148,26 @@ def sample(ctx: StageContext, p: SampleParams) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ExecParams:
-    """Program execution: the per-program time limit (seconds) and the test block style (`executor.test_style`)."""
+    """Program execution: the per-program time limit (seconds), the test block style (`executor.test_style`)
+    and the benchmark whose tests judge the samples (mbpp: the task's test block; humaneval: the problem's own
+    `check(candidate)`)."""
 
     timeout: float
     test_style: str = "valid"
+    benchmark: str = "mbpp"
+
+
+def _jobs(ctx: StageContext, p: ExecParams, of: dict[str, Sample]) -> list[Any]:
+    """The executor job of each sample (by job id): its full program under its benchmark's tests."""
+    from ilf_jax.execute import Job, job_for_program
+
+    if p.benchmark == "humaneval":
+        problems = ctx.source("humaneval")
+        return [Job(job_id, problems[s.task_id].prompt + s.completion, test=problems[s.task_id].test,
+                    entry_point=problems[s.task_id].entry_point) for job_id, s in of.items()]
+    tasks = ctx.source("tasks").tasks
+    return [job_for_program(tasks[s.task_id], texts.program_of(tasks[s.task_id], s.completion), job_id, p.test_style)
+            for job_id, s in of.items()]
 
 
 def _verdict(r: Any, of: dict[str, Sample]) -> Verdict:
@@ -137,16 +178,14 @@ def _verdict(r: Any, of: dict[str, Sample]) -> Verdict:
 
 def execute(ctx: StageContext, p: ExecParams) -> dict[str, Any]:
     """Run every sample of input `samples` against its task's tests (verdicts.jsonl)."""
-    from ilf_jax.execute import Executor, job_for_program
+    from ilf_jax.execute import Executor
 
-    tasks = ctx.source("tasks").tasks
     samples = ctx.read("samples")
     with _log(ctx, "verdicts.partial.jsonl", _by_sample) as log:
         todo = [s for s in samples if _by_sample(s) not in log]
         agreed([_by_sample(s) for s in todo])
         of = {f"{s.task_id}/{s.sample}": s for s in todo}
-        jobs = [job_for_program(tasks[s.task_id], texts.program_of(tasks[s.task_id], s.completion), job_id, p.test_style)
-                for job_id, s in of.items()]
+        jobs = _jobs(ctx, p, of)
         if jobs:
             with Executor(ctx.services.workers, p.timeout) as ex, _bar(ctx, len(samples), len(samples) - len(todo)) as bar:
                 if process_count() > 1:
@@ -440,16 +479,61 @@ def train(ctx: StageContext, p: TrainParams) -> dict[str, Any]:
 
 
 # -- Algorithm 1, steps 3-4 ---------------------------------------------------------------------
-def select(ctx: StageContext, p: None) -> dict[str, Any]:
-    """One passing refinement per task, the lowest sample index (selected.jsonl)."""
+@dataclasses.dataclass(frozen=True)
+class SelectParams:
+    """Which passing refinement of a task trains pi_theta*: `first` (the lowest sample index) or `random` (one
+    of its distinct passing texts, drawn with `seed`, as the reference's dedupe + shuffle + first per task)."""
+
+    rule: str = "first"
+    seed: int = 0
+
+
+def select(ctx: StageContext, p: SelectParams) -> dict[str, Any]:
+    """One passing refinement per task, chosen by `p.rule` (selected.jsonl)."""
+    import random
+
     samples = {_by_sample(s): s for s in ctx.read("samples")}
-    chosen: dict[int, Selected] = {}
+    passing: dict[int, list[Selected]] = {}
     for v in sorted(ctx.read("verdicts"), key=_by_sample):
-        if v.passed and v.task_id not in chosen:
-            chosen[v.task_id] = Selected(v.task_id, v.sample, samples[_by_sample(v)].completion)
-    out = [chosen[k] for k in sorted(chosen)]
+        text = samples[_by_sample(v)].completion
+        if v.passed and text not in {c.completion for c in passing.get(v.task_id, [])}:
+            passing.setdefault(v.task_id, []).append(Selected(v.task_id, v.sample, text))
+    if p.rule == "first":
+        out = [passing[k][0] for k in sorted(passing)]
+    else:
+        out = [random.Random(f"{p.seed}/{k}").choice(passing[k]) for k in sorted(passing)]
     Selected.save(ctx.dir / Selected.FILE, out)
     return {"tasks_refined": len(ctx.read("feedback")), "selected": len(out)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChooseParams:
+    """Pick one sweep point of a method by `metric` (pass@K or one_plus_correct) on the validation `split`: its
+    training stages are `points` (each an input `model:`/`verdicts:`/`summary:` + the stage name); ties go to
+    the earlier point."""
+
+    points: tuple[str, ...]
+    metric: str
+    split: str
+
+
+def choose_setting(ctx: StageContext, p: ChooseParams) -> dict[str, Any]:
+    """The chosen sweep point's model (model.json) and every point's validation score (the summary)."""
+    from ilf_jax.metrics.bootstrap import per_task
+
+    scores = {}
+    for name in p.points:
+        by_task: dict[int, list[int]] = {}
+        for v in ctx.read(f"verdicts:{name}"):
+            by_task.setdefault(v.task_id, [0, 0])[0] += 1
+            by_task[v.task_id][1] += v.passed
+        values = per_task({t: (n, c) for t, (n, c) in by_task.items()}, p.metric)
+        scores[name] = sum(values.values()) / len(values) if values else 0.0
+    best = max(p.points, key=lambda name: (scores[name], -p.points.index(name)))
+    atomic_write_json(ctx.dir / ModelPointer.FILE, ctx.read(f"model:{best}").to_json())
+    trained = ctx.read(f"summary:{best}")
+    return {"chosen": best, "metric": p.metric, "split": p.split, "validation": scores,
+            "examples": trained.get("examples"), "trained": trained.get("trained")}
 
 
 @dataclasses.dataclass(frozen=True)
