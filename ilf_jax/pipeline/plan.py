@@ -86,7 +86,7 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
     def sample_and_execute(sample_name: str, execute_name: str, params: steps.SampleParams,
                            inputs: dict[str, Artifact], sources: tuple[str, ...]) -> tuple[Stage, Stage]:
         s = add(sample_name, steps.sample, params, inputs, sources + ("tasks",))
-        return s, add(execute_name, steps.execute, steps.ExecParams(timeout, test_style), {"samples": out(s, Sample)}, ("tasks",))
+        return s, add(execute_name, steps.execute, steps.ExecParams(timeout, test_style=test_style), {"samples": out(s, Sample)}, ("tasks",))
 
     def trained(stage: Stage) -> dict[str, Artifact]:
         return {"model": out(stage, ModelPointer)}
@@ -199,7 +199,7 @@ def build(cfg: PipelineConfig, task_set: TaskSet) -> tuple[list[Stage], list[Met
             hs = add(f"eval.{m.name}.humaneval.sample", steps.sample,
                      _sample_params(cfg, cfg.evaluation.sampling, "humaneval", ids=he_ids), model_in, model_src + ("humaneval",))
             humaneval[m.name] = add(f"eval.{m.name}.humaneval.execute", steps.execute,
-                                    steps.ExecParams(timeout, "humaneval"), {"samples": out(hs, Sample)}, ("humaneval",))
+                                    steps.ExecParams(timeout, benchmark="humaneval"), {"samples": out(hs, Sample)}, ("humaneval",))
 
     fewshot: dict[str, Stage] = {}
     if "fewshot_refine" in cfg.baselines:
