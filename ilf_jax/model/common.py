@@ -153,9 +153,11 @@ class SelfAttention(nn.Module):
     config: Any
 
     def project(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v of x [B, T, E], rotary embeddings applied to q and k."""
         raise NotImplementedError
 
     def output(self, attn: jax.Array) -> jax.Array:
+        """The output projection of the attended values [B * T, H * D] -> [B * T, E]."""
         raise NotImplementedError
 
     @nn.compact
@@ -184,6 +186,7 @@ class CausalLM(nn.Module):
         raise NotImplementedError
 
     def final_norm(self, x: jax.Array) -> jax.Array:
+        """The norm after the last block."""
         raise NotImplementedError
 
     def head(self, x: jax.Array, embed: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ class ConfigBase:
     param_dtype: str
 
     def replace(self, **changes: Any) -> Self:
+        """A copy with `changes` (checked again by the config's `__post_init__`)."""
         return dataclasses.replace(self, **changes)
 
     def check_dtypes(self) -> None:
