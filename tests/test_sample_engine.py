@@ -144,7 +144,7 @@ def test_ring_cache_decode_matches_full_forward(model):
             tokens[0, 16 - len(p) :], valid[0, 16 - len(p) :] = p, True
             kv, logits = prefill(params, tokens, valid)
             args = (np.int32(len(p)), np.array([i], np.int32), np.uint32(0), np.int32(i), np.zeros(1, np.int32), np.full(1, 30, np.int32))
-            state, first = place(state, kv, logits, *args, tables)
+            state, first = place(state, kv, logits, sl.Placement(*args), tables)
             seqs[i], seen[i] = p + [int(first[0])], []
         if t == 10:  # slot 0 would outgrow 16 columns at the next step
             cache = [{k: sl.resize_layer(v, state.col, 48) for k, v in layer.items()} for layer in state.cache]

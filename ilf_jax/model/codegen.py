@@ -7,36 +7,19 @@ called only in the model package: the rest of the project uses `init_params`, `f
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ilf_jax.model.common import (
-    Cache,
-    Constrain,
-    LinenModel,
-    Params,
-    attend,
-    causal_mask,
-    empty_cache,
-    lm_head_logits,
-    no_constraint,
-    positions_from_mask,
-    run_blocks,
-    segment_mask,
-)
+from ilf_jax.model.common import ACT_EMBED, Cache, CausalLM, Constrain, LinenModel, Params, SelfAttention, causal_mask, dense, empty_cache, lm_head_logits, logical_param, no_constraint, positions_from_mask, segment_mask
 from ilf_jax.model.config import CodeGenConfig
 
 # Logical names of a cache entry's dims. Heads before slots: the decode step then reads the cache
 # in the layout attention uses, with no per-step transpose of the whole cache.
 CACHE_AXES = ("act_batch", "act_heads", None, None)
-__all__ = ["CACHE_AXES", "Cache", "CodeGen", "Constrain", "Params", "causal_mask", "forward", "init_cache", "init_params", "lm_head_logits", "no_constraint", "positions_from_mask", "segment_mask"]
-
-
-def _init(std: float = 0.02) -> Callable:
-    return nn.initializers.normal(std)
+__all__ = ["CACHE_AXES", "Cache", "CodeGen", "Constrain", "Params", "causal_mask", "forward", "init_cache", "init_params", "lm_head", "lm_head_logits", "no_constraint", "positions_from_mask", "segment_mask"]
 
 
 def rotary_tables(positions: jax.Array, rotary_dim: int) -> tuple[jax.Array, jax.Array]:
@@ -55,44 +38,23 @@ def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array, rotary_dim: int) 
     return jnp.concatenate([rotated, rest], axis=-1)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with partial rotary embeddings and an optional KV cache."""
+class Attention(SelfAttention):
+    """Multi-head self-attention with partial rotary embeddings (config: `CodeGenConfig`)."""
 
-    config: CodeGenConfig
-
-    @nn.compact
-    def __call__(self, x, sin, cos, mask, cache, cache_index):
+    def project(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         cfg = self.config
-        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        qkv_w = self.param(
-            "qkv",
-            nn.with_logical_partitioning(_init(), ("embed", None, "heads", "kv")),
-            (cfg.n_embd, 3, cfg.n_head, cfg.head_dim),
-            pdtype,
-        )
-        out_w = self.param(
-            "out",
-            nn.with_logical_partitioning(_init(), ("heads", "kv", "embed")),
-            (cfg.n_head, cfg.head_dim, cfg.n_embd),
-            pdtype,
-        )
         b, t, e = x.shape
+        dtype = jnp.dtype(cfg.dtype)
+        w = logical_param(self, "qkv", ("embed", None, "heads", "kv"), (e, 3, cfg.n_head, cfg.head_dim), cfg)
         # Plain 2-D matmuls and [B, H, T, D] attention layouts: XLA maps these straight onto GEMMs.
-        qkv = x.astype(dtype).reshape(b * t, e) @ qkv_w.astype(dtype).reshape(e, -1)
-        qkv = qkv.reshape(b, t, 3, cfg.n_head, cfg.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = apply_rotary(q, sin, cos, cfg.rotary_dim)
-        k = apply_rotary(k, sin, cos, cfg.rotary_dim)
-        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, T, D]
-        new_cache = None
-        if cache is not None:
-            start = (0, 0, cache_index, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            new_cache = {"k": k, "v": v}
-        # Scores and softmax in fp32, as the reference does, whatever the compute dtype.
-        attn = attend(q, k, v, mask, dtype).reshape(b * t, -1)
-        return (attn @ out_w.astype(dtype).reshape(-1, e)).reshape(b, t, e), new_cache
+        qkv = (x.astype(dtype).reshape(b * t, e) @ w.astype(dtype).reshape(e, -1)).reshape(b, t, 3, cfg.n_head, cfg.head_dim)
+        q, k = (apply_rotary(qkv[:, :, i], sin, cos, cfg.rotary_dim) for i in (0, 1))
+        return q, k, qkv[:, :, 2]
+
+    def output(self, attn: jax.Array) -> jax.Array:
+        cfg = self.config
+        w = logical_param(self, "out", ("heads", "kv", "embed"), (cfg.n_head, cfg.head_dim, cfg.n_embd), cfg)
+        return attn @ w.astype(jnp.dtype(cfg.dtype)).reshape(-1, cfg.n_embd)
 
 
 class MLP(nn.Module):
@@ -103,17 +65,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
-            n,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            kernel_init=nn.with_logical_partitioning(_init(), axes),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-            name=name,
-        )
-        h = dense(cfg.inner_dim, ("embed", "mlp"), "fc_in")(x)
+        h = dense(cfg, cfg.inner_dim, ("embed", "mlp"), "fc_in")(x)
         h = jax.nn.gelu(h, approximate=True)
-        return dense(cfg.n_embd, ("mlp", "embed"), "fc_out")(h)
+        return dense(cfg, cfg.n_embd, ("mlp", "embed"), "fc_out")(h)
 
 
 def _layer_norm(cfg: CodeGenConfig, name: str) -> nn.LayerNorm:
@@ -138,43 +92,23 @@ class Block(nn.Module):
         h = _layer_norm(self.config, "ln_1")(x).astype(jnp.dtype(self.config.dtype))
         attn, new_cache = Attention(self.config, name="attn")(h, sin, cos, mask, cache, cache_index)
         out = x + attn + MLP(self.config, name="mlp")(h)
-        return self.constrain(out, ("act_batch", "act_length", "act_embed")), new_cache
+        return self.constrain(out, ACT_EMBED), new_cache
 
 
-class CodeGen(nn.Module):
-    """CodeGen causal LM: embedding, `n_layer` blocks, final layer norm, untied LM head with bias."""
+class CodeGen(CausalLM):
+    """CodeGen causal LM (config: `CodeGenConfig`): embedding, `n_layer` parallel blocks, final
+    layer norm, untied LM head with bias."""
 
-    config: CodeGenConfig
-    constrain: Constrain = no_constraint
+    EMBED, BLOCK, PREFIX = "wte", Block, "h_"
 
-    @nn.compact
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=0, last_only=False, hidden_only=False):
-        cfg = self.config
-        embed = self.param(
-            "wte",
-            nn.with_logical_partitioning(_init(), ("vocab", "embed")),
-            (cfg.vocab_size, cfg.n_embd),
-            jnp.dtype(cfg.param_dtype),
-        )
-        x = jnp.take(embed, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
-        x = self.constrain(x, ("act_batch", "act_length", "act_embed"))
-        sin, cos = rotary_tables(positions, cfg.rotary_dim)
-        x, new_cache = run_blocks(Block, cfg, self.constrain, "h_", x, sin, cos, mask, cache, cache_index)
-        if last_only:  # a prefill needs the next-token logits of the last position only
-            x = x[:, -1:]
-        x = _layer_norm(cfg, "ln_f")(x).astype(jnp.dtype(cfg.dtype))
-        if hidden_only and not self.is_initializing():  # the caller applies lm_head itself (fused loss)
-            return x, new_cache
-        logits = nn.Dense(
-            cfg.vocab_size,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            kernel_init=nn.with_logical_partitioning(_init(), ("embed", "vocab")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-            name="lm_head",
-        )(x)
-        logits = self.constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
-        return logits, new_cache
+    def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return rotary_tables(positions, self.config.rotary_dim)
+
+    def final_norm(self, x: jax.Array) -> jax.Array:
+        return _layer_norm(self.config, "ln_f")(x)
+
+    def head(self, x: jax.Array, embed: jax.Array) -> jax.Array:
+        return dense(self.config, self.config.vocab_size, ("embed", "vocab"), "lm_head")(x)
 
 
 _MODEL = LinenModel(CodeGen)
@@ -182,6 +116,11 @@ param_specs = _MODEL.param_specs
 abstract_params = _MODEL.abstract_params
 init_params = _MODEL.init_params
 forward = _MODEL.forward
+
+
+def lm_head(params: Params, config: CodeGenConfig) -> tuple[jax.Array, jax.Array]:
+    """(kernel [E, V], bias [V]) of the untied LM head."""
+    return params["lm_head"]["kernel"], params["lm_head"]["bias"]
 
 
 def init_cache(config: CodeGenConfig, batch: int, slots: int, dtype: Any = None) -> Cache:

@@ -1,12 +1,13 @@
 """Pieces every model family shares: masks and positions from left-padded batches, the
-activation-sharding hook type, masked (grouped-query) softmax attention in fp32, the LM head,
-the KV cache, and the functional API (init, shapes, axes, forward) around a Linen module."""
+activation-sharding hook type, logically-partitioned parameters and dense layers, masked
+(grouped-query) softmax attention in fp32 over the KV cache, the attention and causal-LM modules
+every family subclasses, and the functional API (init, shapes, axes, forward) around a Linen module."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,7 @@ Cache = list[dict[str, jax.Array]]  # one {"k", "v"} entry per layer, each [batc
 Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
 
 _NEG = float(jnp.finfo(jnp.float32).min)
+ACT_EMBED = ("act_batch", "act_length", "act_embed")  # logical names of [B, T, E] activations
 
 
 def no_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
@@ -81,6 +83,47 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: jnp
     return out.reshape(b, h, t, d).transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
 
+def normal_init(std: float = 0.02) -> Callable:
+    """The weights' initialiser: normal(std), as HF initialises both families."""
+    return nn.initializers.normal(std)
+
+
+def logical_param(module: nn.Module, name: str, axes: tuple[str | None, ...], shape: tuple[int, ...], config: Any, init: Callable | None = None) -> jax.Array:
+    """A parameter of `module` (called from its compact method) with logical axis names, in the
+    config's storage dtype, normal(0.02)-initialised unless `init` says otherwise."""
+    init = normal_init() if init is None else init
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(config.param_dtype))
+
+
+def dense(config: Any, features: int, axes: tuple[str, str], name: str, use_bias: bool = True) -> nn.Dense:
+    """A Dense layer in the config's dtypes whose kernel has logical axes `axes` (the bias: the second)."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=nn.with_logical_partitioning(normal_init(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def cached_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cache: dict[str, jax.Array] | None, cache_index: Any, dtype: jnp.dtype
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Attention of q [B, T, H, D] over k, v [B, T, KV, D] and, with a layer's cache, every key
+    before them: the T new keys are written at `cache_index`. Returns ([B, T, H * D], new cache)."""
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, heads, T, D]
+    new_cache = None
+    if cache is not None:
+        start = (0, 0, cache_index, 0)
+        k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+        v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+        new_cache = {"k": k, "v": v}
+    # Scores and softmax in fp32, as the reference does, whatever the compute dtype.
+    return attend(q, k, v, mask, dtype), new_cache
+
+
 def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None, config) -> jax.Array:
     """fp32 logits from final hidden states and an LM head (kernel [E, V], optional bias), in the
     config's compute dtype, exactly as the models compute them."""
@@ -101,6 +144,68 @@ def run_blocks(block: type, config: Any, constrain: Constrain, prefix: str, x, s
         x, c = block(config, constrain, name=f"{prefix}{i}")(x, sin, cos, mask, layer_cache, cache_index)
         new_cache.append(c)
     return x, (None if cache is None else new_cache)
+
+
+class SelfAttention(nn.Module):
+    """A family's self-attention over the KV cache: the subclass's `project(x, sin, cos)` gives
+    q [B, T, H, D] and k, v [B, T, KV, D] (rotated), `output(attn)` maps [B * T, H * D] to [B * T, E]."""
+
+    config: Any
+
+    def project(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v of x [B, T, E], rotary embeddings applied to q and k."""
+        raise NotImplementedError
+
+    def output(self, attn: jax.Array) -> jax.Array:
+        """The output projection of the attended values [B * T, H * D] -> [B * T, E]."""
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x, sin, cos, mask, cache, cache_index):
+        b, t, e = x.shape
+        q, k, v = self.project(x, sin, cos)
+        attn, new_cache = cached_attention(q, k, v, mask, cache, cache_index, jnp.dtype(self.config.dtype))
+        return self.output(attn.reshape(b * t, -1)).reshape(b, t, e), new_cache
+
+
+class CausalLM(nn.Module):
+    """A family's causal LM: embedding `EMBED`, `config.n_layer` blocks `BLOCK` named `PREFIX{i}`,
+    `final_norm`, and `head(x, embedding)` (fp32 logits; the final hidden states with `hidden_only`).
+
+    A family subclasses it, sets the three names and defines `rotary`, `final_norm` and `head`."""
+
+    config: Any
+    constrain: Constrain = no_constraint
+
+    EMBED: ClassVar[str]
+    BLOCK: ClassVar[type]
+    PREFIX: ClassVar[str]
+
+    def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """sin, cos of the rotary angles for `positions` [B, T]."""
+        raise NotImplementedError
+
+    def final_norm(self, x: jax.Array) -> jax.Array:
+        """The norm after the last block."""
+        raise NotImplementedError
+
+    def head(self, x: jax.Array, embed: jax.Array) -> jax.Array:
+        """Logits of the final hidden states x (any float dtype), given the embedding table."""
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=0, last_only=False, hidden_only=False):
+        cfg, constrain = self.config, self.constrain
+        dtype = jnp.dtype(cfg.dtype)
+        embed = logical_param(self, self.EMBED, ("vocab", "embed"), (cfg.vocab_size, cfg.n_embd), cfg)
+        x = constrain(jnp.take(embed, tokens, axis=0).astype(dtype), ACT_EMBED)
+        x, new_cache = run_blocks(self.BLOCK, cfg, constrain, self.PREFIX, x, *self.rotary(positions), mask, cache, cache_index)
+        if last_only:  # a prefill needs the next-token logits of the last position only
+            x = x[:, -1:]
+        x = self.final_norm(x).astype(dtype)
+        if hidden_only and not self.is_initializing():  # the caller applies the LM head itself (fused loss)
+            return x, new_cache
+        return constrain(self.head(x, embed).astype(jnp.float32), ("act_batch", "act_length", "act_vocab")), new_cache
 
 
 def cache_bucket(length: int) -> int:

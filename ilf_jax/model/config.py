@@ -10,12 +10,11 @@ from typing import Any
 import yaml
 
 from ilf_jax.errors import IlfError
-
-_DTYPES = ("float32", "bfloat16", "float16")
+from ilf_jax.model.config_base import ConfigBase, alias, fixed
 
 
 @dataclasses.dataclass(frozen=True)
-class CodeGenConfig:
+class CodeGenConfig(ConfigBase):
     """Shape and numerics of a CodeGen model; field names follow HF's `CodeGenConfig`."""
 
     vocab_size: int = 51200
@@ -42,36 +41,21 @@ class CodeGenConfig:
             raise IlfError(f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.head_dim}")
         if self.activation_function != "gelu_new":
             raise IlfError(f"activation_function={self.activation_function!r} is not supported (gelu_new)")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise IlfError(f"{name}={getattr(self, name)!r} must be one of {_DTYPES}")
+        self.check_dtypes()
 
-    @property
-    def model_type(self) -> str:
-        return "codegen"
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.n_head
+    # The names every family's config answers to.
+    model_type = fixed("codegen")
+    tie_word_embeddings = fixed(False)
+    n_kv_heads = alias("n_head")
+    head_size = alias("head_dim")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     @property
-    def head_size(self) -> int:  # the name every family's config answers to
-        return self.head_dim
-
-    @property
-    def tie_word_embeddings(self) -> bool:
-        return False
-
-    @property
     def inner_dim(self) -> int:
         return self.n_inner or 4 * self.n_embd
-
-    def replace(self, **changes: Any) -> CodeGenConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> CodeGenConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from types import ModuleType
 from typing import Any, Callable, Union
 
 import jax
@@ -42,37 +43,22 @@ class Family:
     ignored_suffixes: Callable[[Any], tuple[str, ...]]  # checkpoint tensors that are not loaded
 
 
-CODEGEN = Family(
-    name="codegen",
-    config_type=CodeGenConfig,
-    model_types=("codegen",),
-    init_params=codegen.init_params,
-    abstract_params=codegen.abstract_params,
-    param_specs=codegen.param_specs,
-    forward=codegen.forward,
-    init_cache=codegen.init_cache,
-    cache_axes=codegen.CACHE_AXES,
-    lm_head=lambda params, config: (params["lm_head"]["kernel"], params["lm_head"]["bias"]),
-    weight_map=codegen_weight_map.weight_map,
-    ignored_suffixes=codegen_weight_map.ignored_suffixes,
-)
+# What a family's model module and weight-map module each provide, under the Family field names.
+_FROM_MODEL = ("init_params", "abstract_params", "param_specs", "forward", "init_cache", "lm_head")
+_FROM_WEIGHTS = ("weight_map", "ignored_suffixes")
 
-LLAMA = Family(
-    name="llama",
-    config_type=LlamaConfig,
-    model_types=tuple(VARIANTS),
-    init_params=llama.init_params,
-    abstract_params=llama.abstract_params,
-    param_specs=llama.param_specs,
-    forward=llama.forward,
-    init_cache=llama.init_cache,
-    cache_axes=llama.CACHE_AXES,
-    lm_head=llama.lm_head,
-    weight_map=llama_weight_map.weight_map,
-    ignored_suffixes=llama_weight_map.ignored_suffixes,
-)
 
-FAMILIES = (CODEGEN, LLAMA)
+def _family(name: str, config_type: type, model_types: tuple[str, ...], model: ModuleType, weights: ModuleType) -> Family:
+    """The family whose model module defines the functional API and `CACHE_AXES`, and whose
+    weights module the HF weight map."""
+    api = {k: getattr(model, k) for k in _FROM_MODEL} | {k: getattr(weights, k) for k in _FROM_WEIGHTS}
+    return Family(name=name, config_type=config_type, model_types=model_types, cache_axes=model.CACHE_AXES, **api)
+
+
+FAMILIES = (
+    _family("codegen", CodeGenConfig, ("codegen",), codegen, codegen_weight_map),
+    _family("llama", LlamaConfig, tuple(VARIANTS), llama, llama_weight_map),
+)
 _BY_CONFIG = {f.config_type: f for f in FAMILIES}
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 CONFIG_TYPES = tuple(_BY_CONFIG)
@@ -103,40 +89,37 @@ def config_from_file(path: str | pathlib.Path) -> ModelConfig:
 
 # The interface as plain functions of the config, for callers that hold a config of any family.
 def forward(params: Any, tokens: jax.Array, config: ModelConfig, **kwargs: Any) -> tuple[jax.Array, Any]:
-    """Logits (or final hidden states) and the updated cache; see `codegen.forward` for the arguments."""
+    """Logits (or final hidden states) and the updated cache; see `common.LinenModel.forward` for the arguments."""
     return family_of(config).forward(params, tokens, config, **kwargs)
 
 
-def init_params(config: ModelConfig, rng: jax.Array) -> Any:
-    return family_of(config).init_params(config, rng)
-
-
-def abstract_params(config: ModelConfig) -> Any:
-    return family_of(config).abstract_params(config)
-
-
-def param_specs(config: ModelConfig) -> Any:
-    return family_of(config).param_specs(config)
-
-
-def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> Any:
-    return family_of(config).init_cache(config, batch, slots, dtype)
-
-
-def cache_axes(config: ModelConfig) -> tuple[str | None, ...]:
-    return family_of(config).cache_axes
-
-
 def lm_head(params: Any, config: ModelConfig) -> tuple[jax.Array, jax.Array | None]:
+    """(kernel [E, V], bias [V] or None) of the model's LM head."""
     return family_of(config).lm_head(params, config)
 
 
-def weight_map(config: ModelConfig) -> list[Entry]:
-    return family_of(config).weight_map(config)
+def cache_axes(config: ModelConfig) -> tuple[str | None, ...]:
+    """Logical names of a cache entry's dims."""
+    return family_of(config).cache_axes
 
 
-def ignored_suffixes(config: ModelConfig) -> tuple[str, ...]:
-    return family_of(config).ignored_suffixes(config)
+def _on_config(field: str) -> Callable[..., Any]:
+    """The plain function `field(config, *args)`: the Family field `field` of `config`'s family."""
+
+    def call(config: ModelConfig, *args: Any, **kwargs: Any) -> Any:
+        return getattr(family_of(config), field)(config, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = field
+    call.__doc__ = f"`{field}` of the config's family (see `Family`)."
+    return call
+
+
+init_params = _on_config("init_params")  # (config, rng) -> params
+abstract_params = _on_config("abstract_params")  # (config) -> ShapeDtypeStructs
+param_specs = _on_config("param_specs")  # (config) -> logical PartitionSpecs
+init_cache = _on_config("init_cache")  # (config, batch, slots, dtype=None) -> cache
+weight_map = _on_config("weight_map")  # (config) -> [Entry]
+ignored_suffixes = _on_config("ignored_suffixes")  # (config) -> suffixes
 
 
 def describe(config: ModelConfig) -> str:

@@ -10,21 +10,17 @@ splits them over `tensor` only where their number allows.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ilf_jax.model.common import Cache, Constrain, LinenModel, Params, attend, empty_cache, no_constraint, run_blocks
+from ilf_jax.model.common import ACT_EMBED, Cache, CausalLM, Constrain, LinenModel, Params, SelfAttention, dense, empty_cache, logical_param, no_constraint
 from ilf_jax.model.llama_config import LlamaConfig
 
 CACHE_AXES = ("act_batch", "act_kv_heads", None, None)  # the cache holds n_kv_heads heads
-
-
-def _init(std: float = 0.02) -> Callable:
-    return nn.initializers.normal(std)
 
 
 def inverse_frequencies(cfg: LlamaConfig) -> np.ndarray:
@@ -74,21 +70,14 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (self.size,), jnp.dtype(self.config.param_dtype))
+        scale = logical_param(self, "scale", ("norm",), (self.size,), self.config, nn.initializers.ones)
         return rms_norm(x, scale, self.config.rms_norm_eps)
 
 
-class Attention(nn.Module):
-    """Grouped-query self-attention with rotary embeddings and an optional KV cache."""
+class Attention(SelfAttention):
+    """Grouped-query self-attention with rotary embeddings (config: `LlamaConfig`)."""
 
-    config: LlamaConfig
-
-    def _param(self, name, axes, shape, init=None):
-        init = _init() if init is None else init
-        return self.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(self.config.param_dtype))
-
-    @nn.compact
-    def __call__(self, x, sin, cos, mask, cache, cache_index):
+    def project(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         e, h, kv, d = cfg.hidden_size, cfg.n_head, cfg.n_kv_heads, cfg.head_size
@@ -96,30 +85,26 @@ class Attention(nn.Module):
         x2 = x.astype(dtype).reshape(b * t, e)
 
         def project(name, heads, head_axis):
-            w = self._param(name, ("embed", head_axis, "kv"), (e, heads, d))
+            w = logical_param(self, name, ("embed", head_axis, "kv"), (e, heads, d), cfg)
             y = (x2 @ w.astype(dtype).reshape(e, -1)).reshape(b, t, heads, d)
             if cfg.qkv_bias:
-                y = y + self._param(f"{name}_bias", (head_axis, "kv"), (heads, d), nn.initializers.zeros).astype(dtype)
+                y = y + logical_param(self, f"{name}_bias", (head_axis, "kv"), (heads, d), cfg, nn.initializers.zeros).astype(dtype)
             return y
 
         q, k, v = project("q", h, "heads"), project("k", kv, "kv_heads"), project("v", kv, "kv_heads")
         if cfg.qk_norm:
             q = RMSNorm(cfg, d, name="q_norm")(q).astype(dtype)
             k = RMSNorm(cfg, d, name="k_norm")(k).astype(dtype)
-        q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
-        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, heads, T, D]
-        new_cache = None
-        if cache is not None:
-            start = (0, 0, cache_index, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            new_cache = {"k": k, "v": v}
-        attn = attend(q, k, v, mask, dtype).reshape(b * t, h * d)
-        o = self._param("o", ("heads", "kv", "embed"), (h, d, e))
-        out = attn @ o.astype(dtype).reshape(h * d, e)
+        return apply_rotary(q, sin, cos), apply_rotary(k, sin, cos), v
+
+    def output(self, attn: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        e, h, d = cfg.hidden_size, cfg.n_head, cfg.head_size
+        out = attn @ logical_param(self, "o", ("heads", "kv", "embed"), (h, d, e), cfg).astype(dtype).reshape(h * d, e)
         if cfg.o_bias:
-            out = out + self._param("o_bias", ("norm",), (e,), nn.initializers.zeros).astype(dtype)
-        return out.reshape(b, t, e), new_cache
+            out = out + logical_param(self, "o_bias", ("norm",), (e,), cfg, nn.initializers.zeros).astype(dtype)
+        return out
 
 
 class MLP(nn.Module):
@@ -130,18 +115,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
-            n,
-            use_bias=cfg.mlp_bias,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            kernel_init=nn.with_logical_partitioning(_init(), axes),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-            name=name,
-        )
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x)
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(jax.nn.silu(gate) * up)
+        gate = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "gate", cfg.mlp_bias)(x)
+        up = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "up", cfg.mlp_bias)(x)
+        return dense(cfg, cfg.hidden_size, ("mlp", "embed"), "down", cfg.mlp_bias)(jax.nn.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -158,38 +134,28 @@ class Block(nn.Module):
         x = x + attn
         h = RMSNorm(cfg, cfg.hidden_size, name="post_norm")(x).astype(dtype)
         x = x + MLP(cfg, name="mlp")(h)
-        return self.constrain(x, ("act_batch", "act_length", "act_embed")), new_cache
+        return self.constrain(x, ACT_EMBED), new_cache
 
 
-class Llama(nn.Module):
-    """Embedding, `n_layer` blocks, final RMSNorm, LM head (the embedding's transpose when tied)."""
+class Llama(CausalLM):
+    """Llama causal LM (config: `LlamaConfig`): embedding, `n_layer` blocks, final RMSNorm, LM head
+    (the embedding's transpose when tied)."""
 
-    config: LlamaConfig
-    constrain: Constrain = no_constraint
+    EMBED, BLOCK, PREFIX = "embed", Block, "layers_"
 
-    @nn.compact
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=0, last_only=False, hidden_only=False):
+    def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return rotary_tables(positions, self.config)
+
+    def final_norm(self, x: jax.Array) -> jax.Array:
+        return RMSNorm(self.config, self.config.hidden_size, name="norm")(x)
+
+    def head(self, x: jax.Array, embed: jax.Array) -> jax.Array:
         cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        embed = self.param(
-            "embed", nn.with_logical_partitioning(_init(), ("vocab", "embed")), (cfg.vocab_size, cfg.hidden_size), jnp.dtype(cfg.param_dtype)
-        )
-        x = self.constrain(jnp.take(embed, tokens, axis=0).astype(dtype), ("act_batch", "act_length", "act_embed"))
-        sin, cos = rotary_tables(positions, cfg)
-        x, new_cache = run_blocks(Block, cfg, self.constrain, "layers_", x, sin, cos, mask, cache, cache_index)
-        if last_only:
-            x = x[:, -1:]
-        x = RMSNorm(cfg, cfg.hidden_size, name="norm")(x).astype(dtype)
         if cfg.tie_word_embeddings:
             kernel = embed.T
         else:
-            kernel = self.param(
-                "lm_head", nn.with_logical_partitioning(_init(), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype)
-            )
-        if hidden_only and not self.is_initializing():
-            return x, new_cache
-        logits = self.constrain((x @ kernel.astype(dtype)).astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
-        return logits, new_cache
+            kernel = logical_param(self, "lm_head", ("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size), cfg)
+        return x @ kernel.astype(jnp.dtype(cfg.dtype))
 
 
 _MODEL = LinenModel(Llama)

@@ -12,8 +12,7 @@ import dataclasses
 from typing import Any
 
 from ilf_jax.errors import IlfError
-
-_DTYPES = ("float32", "bfloat16", "float16")
+from ilf_jax.model.config_base import ConfigBase, alias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +72,7 @@ def _rope_scaling(d: dict[str, Any] | None, source: str) -> RopeScaling | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(ConfigBase):
     """Shape and numerics of a Llama-architecture model; field names follow HF's `LlamaConfig`.
 
     `n_layer`, `n_embd`, `n_head` and `n_positions` name the same sizes as CodeGen's config,
@@ -118,37 +117,15 @@ class LlamaConfig:
             raise IlfError(f"head_dim={self.head_size} must be even (rotary pairs)")
         if self.hidden_act != "silu":
             raise IlfError(f"hidden_act={self.hidden_act!r} is not supported (silu)")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise IlfError(f"{name}={getattr(self, name)!r} must be one of {_DTYPES}")
+        self.check_dtypes()
 
     # The sizes under the names the rest of the project uses for every family.
-    @property
-    def n_layer(self) -> int:
-        return self.num_hidden_layers
-
-    @property
-    def n_embd(self) -> int:
-        return self.hidden_size
-
-    @property
-    def n_head(self) -> int:
-        return self.num_attention_heads
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.num_key_value_heads
-
-    @property
-    def n_positions(self) -> int:
-        return self.max_position_embeddings
-
-    @property
-    def head_size(self) -> int:
-        return self.head_dim
-
-    def replace(self, **changes: Any) -> LlamaConfig:
-        return dataclasses.replace(self, **changes)
+    n_layer = alias("num_hidden_layers")
+    n_embd = alias("hidden_size")
+    n_head = alias("num_attention_heads")
+    n_kv_heads = alias("num_key_value_heads")
+    n_positions = alias("max_position_embeddings")
+    head_size = alias("head_dim")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> LlamaConfig:

@@ -124,7 +124,7 @@ class Engine:
 
         def make():
             out = None if self.mesh is None else (self._cache_shardings(st.config, 1, p), replicated(self.mesh))
-            return jax.jit(functools.partial(sl.prefill_prompt, st=st, constrain=self.constrain), out_shardings=out)
+            return jax.jit(functools.partial(sl.prefill_prompt, st=st), out_shardings=out)
 
         return self._jit(("prefill", st, p), make)(self.params, *self._put((job.tokens[None], job.valid[None])))
 
@@ -139,11 +139,11 @@ class Engine:
         def make():
             rep = None if self.mesh is None else replicated(self.mesh)
             out = None if rep is None else (self._slot_shardings(st, n, length), rep)
-            return jax.jit(functools.partial(sl.place, st=st, constrain=self.constrain), donate_argnums=0, out_shardings=out)
+            return jax.jit(functools.partial(sl.place, st=st), donate_argnums=0, out_shardings=out)
 
         fn = self._jit(("place", st, n, length, job.tokens.shape[0], m), make)
-        host = (np.int32(job.prompt_len), ids, np.uint32(seed % (1 << 32)), np.int32(job.key_id), samples, limits)
-        return fn(slots, kv, logits, *self._put(host), self.tables)
+        rows = sl.Placement(np.int32(job.prompt_len), ids, np.uint32(seed % (1 << 32)), np.int32(job.key_id), samples, limits)
+        return fn(slots, kv, logits, self._put(rows), self.tables)
 
     def _chunk(self, st: sl.Static, slots: sl.Slots, steps: int, exit_free: int) -> tuple[sl.Slots, Any, Any]:
         n, length = slots.done.shape[0], slots.cache[0]["k"].shape[2]
@@ -151,7 +151,7 @@ class Engine:
         shardings = self._slot_shardings(st, n, length)
         if self.debug:  # the same step function, called from a Python loop
             step = self._jit(("step", st, n, length), lambda: jax.jit(
-                functools.partial(sl.decode_step, st=st, constrain=self.constrain), donate_argnums=1,
+                functools.partial(sl.decode_step, st=st), donate_argnums=1,
                 out_shardings=None if rep is None else (shardings, batch_sharding(self.mesh, 1, self.rules), batch_sharding(self.mesh, 2, self.rules))))
             cont = self._jit(("continues", steps), lambda: jax.jit(lambda i, s, free: sl.chunk_continues(i, s, steps, free)))
             out, i = [], 0
@@ -164,7 +164,7 @@ class Engine:
                 tokens[:, : len(out)] = np.stack([np.asarray(t) for t in fetch(out)], axis=1)
             return slots, tokens, np.int32(i)
         fn = self._jit(("chunk", st, n, length, steps), lambda: jax.jit(
-            functools.partial(sl.decode_chunk, st=st, steps=steps, constrain=self.constrain), donate_argnums=1,
+            functools.partial(sl.decode_chunk, st=st, steps=steps), donate_argnums=1,
             out_shardings=None if rep is None else (shardings, batch_sharding(self.mesh, 2, self.rules), rep)))
         return fn(self.params, slots, self.tables, self._put(np.int32(exit_free)))
 

@@ -157,7 +157,7 @@ class Sampler:
         return math.prod(self.mesh.shape[a] for a in ("data", "fsdp"))
 
     def static(self, cfg: SamplingConfig) -> sl.Static:
-        return sl.Static(self.config, cfg.policy, cfg.max_new_tokens, self.eos_id, cfg.stop_rule)
+        return sl.Static(self.config, cfg.policy, cfg.max_new_tokens, self.eos_id, cfg.stop_rule, self.engine.constrain)
 
     def check(self, cfg: SamplingConfig) -> None:
         """Refuse settings this model and mesh cannot run (before anything is compiled)."""

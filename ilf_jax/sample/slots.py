@@ -38,13 +38,14 @@ REASONS = {EOS: "eos", STOP: "stop", LENGTH: "length"}
 
 @dataclasses.dataclass(frozen=True)
 class Static:
-    """Everything the compiled functions specialise on (besides array shapes)."""
+    """Everything the compiled functions specialise on (besides array shapes), the activation-sharding hook included."""
 
     config: ModelConfig
     policy: Policy
     max_new_tokens: int
     eos_id: int
     stop_rule: bool = True
+    constrain: Constrain = no_constraint
 
 
 @struct.dataclass
@@ -86,9 +87,10 @@ def advance(token, done, num, limit, after_nl, reason, tables: dict[str, jax.Arr
     return token, done | (num >= limit), num, after_nl, reason, live
 
 
-def constrain_cache(cache: Cache, constrain: Constrain, config: ModelConfig) -> Cache:
-    names = cache_axes(config)
-    return [{k: constrain(v, names) for k, v in layer.items()} for layer in cache]
+def constrain_cache(cache: Cache, st: Static) -> Cache:
+    """The cache with `st.constrain` applied to every entry (the model family's cache axes)."""
+    names = cache_axes(st.config)
+    return [{k: st.constrain(v, names) for k, v in layer.items()} for layer in cache]
 
 
 def empty_slots(config: ModelConfig, slots: int, length: int) -> Slots:
@@ -108,11 +110,11 @@ def empty_slots(config: ModelConfig, slots: int, length: int) -> Slots:
     )
 
 
-def prefill_prompt(params: Any, tokens: jax.Array, valid: jax.Array, st: Static, constrain: Constrain = no_constraint) -> tuple[Cache, jax.Array]:
+def prefill_prompt(params: Any, tokens: jax.Array, valid: jax.Array, st: Static) -> tuple[Cache, jax.Array]:
     """One left-padded prompt [1, P] (`valid` marks real tokens) -> its KV [1, kv_heads, P, head_dim] and logits [1, V]."""
-    cache = constrain_cache(init_cache(st.config, 1, tokens.shape[1]), constrain, st.config)
+    cache = constrain_cache(init_cache(st.config, 1, tokens.shape[1]), st)
     logits, cache = forward(
-        params, tokens, st.config, positions=positions_from_mask(valid), mask=causal_mask(valid), cache=cache, cache_index=0, constrain=constrain, last_only=True
+        params, tokens, st.config, positions=positions_from_mask(valid), mask=causal_mask(valid), cache=cache, cache_index=0, constrain=st.constrain, last_only=True
     )
     return cache, logits[:, -1]
 
@@ -124,45 +126,41 @@ def _ring_strip(x: jax.Array, length: int, col: jax.Array) -> jax.Array:
     return jnp.roll(x, col, axis=2)
 
 
-def place(
-    slots: Slots,
-    kv: Cache,
-    logits: jax.Array,
-    prompt_len: jax.Array,
-    slot_ids: jax.Array,
-    seed: jax.Array,
-    key_id: jax.Array,
-    samples: jax.Array,
-    limits: jax.Array,
-    tables: dict[str, jax.Array],
-    st: Static,
-    constrain: Constrain = no_constraint,
-) -> tuple[Slots, jax.Array]:
-    """Copy one prompt's KV into `slot_ids` [m] (an id >= S is skipped) and draw each sample's first token.
+@struct.dataclass
+class Placement:
+    """Which slots one prompt's samples go to: `m` rows, each a slot id (>= S: skipped), a sample
+    number and a max-new-tokens limit, keyed by (seed, key_id, sample)."""
 
-    `samples` [m] and `limits` [m] are the rows' sample numbers and max new tokens; returns the
-    slots and the first tokens [m].
-    """
-    m, length = slot_ids.shape[0], slots.cache[0]["k"].shape[2]
-    keys = row_keys(seed, jnp.broadcast_to(key_id, (m,)), samples)
+    prompt_len: jax.Array  # () int32: the prompt's real tokens
+    slot_ids: jax.Array  # [m] int32
+    seed: jax.Array  # () uint32
+    key_id: jax.Array  # () int32
+    samples: jax.Array  # [m] int32
+    limits: jax.Array  # [m] int32
+
+
+def place(slots: Slots, kv: Cache, logits: jax.Array, rows: Placement, tables: dict[str, jax.Array], st: Static) -> tuple[Slots, jax.Array]:
+    """Copy one prompt's KV into the slots of `rows` and draw each row's first token: (slots, first tokens [m])."""
+    m, length = rows.slot_ids.shape[0], slots.cache[0]["k"].shape[2]
+    keys = row_keys(rows.seed, jnp.broadcast_to(rows.key_id, (m,)), rows.samples)
     token = draw(jnp.broadcast_to(logits, (m, logits.shape[-1])), keys, jnp.zeros((m,), jnp.int32), st.policy)
     false, zero = jnp.zeros((m,), bool), jnp.zeros((m,), jnp.int32)
-    token, done, num, after_nl, reason, _ = advance(token, false, zero, limits, initial_state(m), zero, tables, st)
+    token, done, num, after_nl, reason, _ = advance(token, false, zero, rows.limits, initial_state(m), zero, tables, st)
 
     def put(a: jax.Array, v: jax.Array) -> jax.Array:
-        return a.at[slot_ids].set(v.astype(a.dtype), mode="drop")
+        return a.at[rows.slot_ids].set(v.astype(a.dtype), mode="drop")
 
     cache = [
         {k: put(layer[k], jnp.broadcast_to(_ring_strip(new[k], length, slots.col), (m, *layer[k].shape[1:]))) for k in layer}
         for layer, new in zip(slots.cache, kv)
     ]
     slots = slots.replace(
-        cache=constrain_cache(cache, constrain, st.config),
-        length=put(slots.length, jnp.broadcast_to(prompt_len, (m,))),
+        cache=constrain_cache(cache, st),
+        length=put(slots.length, jnp.broadcast_to(rows.prompt_len, (m,))),
         keys=put(slots.keys, keys),
         last=put(slots.last, token),
         num=put(slots.num, num),
-        limit=put(slots.limit, limits),
+        limit=put(slots.limit, rows.limits),
         done=put(slots.done, done),
         after_nl=put(slots.after_nl, after_nl),
         reason=put(slots.reason, reason),
@@ -170,7 +168,7 @@ def place(
     return slots, token
 
 
-def decode_step(params: Any, slots: Slots, tables: dict[str, jax.Array], st: Static, constrain: Constrain = no_constraint) -> tuple[Slots, jax.Array, jax.Array]:
+def decode_step(params: Any, slots: Slots, tables: dict[str, jax.Array], st: Static) -> tuple[Slots, jax.Array, jax.Array]:
     """Feed every slot's last token at column `col` and draw the next: (slots, tokens [S], logits [S, V])."""
     length = slots.cache[0]["k"].shape[2]
     behind = (slots.col - jnp.arange(length)) % length  # 0 at `col`, 1 just before it, ...
@@ -183,13 +181,13 @@ def decode_step(params: Any, slots: Slots, tables: dict[str, jax.Array], st: Sta
         mask=mask[:, None, :],
         cache=slots.cache,
         cache_index=slots.col,
-        constrain=constrain,
+        constrain=st.constrain,
     )
     logits = logits[:, 0]
     token = draw(logits, slots.keys, slots.num, st.policy)
     token, done, num, after_nl, reason, live = advance(token, slots.done, slots.num, slots.limit, slots.after_nl, slots.reason, tables, st)
     slots = slots.replace(
-        cache=constrain_cache(cache, constrain, st.config),
+        cache=constrain_cache(cache, st),
         col=(slots.col + 1) % length,
         length=slots.length + live.astype(jnp.int32),
         last=token,
@@ -208,14 +206,14 @@ def chunk_continues(step: jax.Array, slots: Slots, steps: int, exit_free: jax.Ar
 
 
 def decode_chunk(
-    params: Any, slots: Slots, tables: dict[str, jax.Array], exit_free: jax.Array, st: Static, steps: int, constrain: Constrain = no_constraint
+    params: Any, slots: Slots, tables: dict[str, jax.Array], exit_free: jax.Array, st: Static, steps: int
 ) -> tuple[Slots, jax.Array, jax.Array]:
     """Up to `steps` decode steps in a `lax.while_loop`: (slots, tokens [S, steps] (EOS-filled), steps run)."""
     out = jnp.full((slots.done.shape[0], steps), st.eos_id, jnp.int32)
 
     def body(carry):
         i, s, out = carry
-        s, token, _ = decode_step(params, s, tables, st, constrain)
+        s, token, _ = decode_step(params, s, tables, st)
         return i + 1, s, jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
 
     i, slots, out = jax.lax.while_loop(lambda c: chunk_continues(c[0], c[1], steps, exit_free), body, (jnp.zeros((), jnp.int32), slots, out))

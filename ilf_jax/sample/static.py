@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ilf_jax.model.common import Constrain, causal_mask, no_constraint, positions_from_mask
+from ilf_jax.model.common import causal_mask, positions_from_mask
 from ilf_jax.model.family import forward, init_cache
 from ilf_jax.sample.slots import REASONS, Static, advance, constrain_cache, draw, row_keys
 from ilf_jax.sample.stop import initial_state
@@ -61,16 +61,15 @@ def prefill(
     limits: jax.Array,
     tables: dict[str, jax.Array],
     st: Static,
-    constrain: Constrain = no_constraint,
 ) -> tuple[State, jax.Array]:
     """Run the prompts [B, P] (left-padded, `valid` marks real tokens) and draw each row's first token."""
     b, p = tokens.shape
     slots = p + st.max_new_tokens
-    cache = constrain_cache(init_cache(st.config, b, slots), constrain, st.config)
+    cache = constrain_cache(init_cache(st.config, b, slots), st)
     mask = jnp.pad(causal_mask(valid), ((0, 0), (0, 0), (0, slots - p)))
     positions = positions_from_mask(valid)
     logits, cache = forward(
-        params, tokens, st.config, positions=positions, mask=mask, cache=cache, cache_index=0, constrain=constrain, last_only=True
+        params, tokens, st.config, positions=positions, mask=mask, cache=cache, cache_index=0, constrain=st.constrain, last_only=True
     )
     state = State(
         cache=cache,
@@ -91,7 +90,7 @@ def prefill(
 
 
 def step(
-    params: Any, state: State, tables: dict[str, jax.Array], st: Static, constrain: Constrain = no_constraint
+    params: Any, state: State, tables: dict[str, jax.Array], st: Static
 ) -> tuple[State, jax.Array]:
     """Feed every row's last token and draw the next one; returns the new state and the logits [B, V]."""
     p = state.slot_valid.shape[1] - st.max_new_tokens
@@ -106,9 +105,9 @@ def step(
         mask=slot_valid[:, None, :],
         cache=state.cache,
         cache_index=slot,
-        constrain=constrain,
+        constrain=st.constrain,
     )
-    state = state.replace(cache=constrain_cache(cache, constrain, st.config), slot_valid=slot_valid)
+    state = state.replace(cache=constrain_cache(cache, st), slot_valid=slot_valid)
     logits = logits[:, 0]
     return _record(state, _draw(state, logits, st), tables, st), logits
 
@@ -117,10 +116,10 @@ def _running(state: State) -> jax.Array:
     return ~jnp.all(state.done)
 
 
-def generate(params, tokens, valid, keys, limits, tables, st: Static, constrain: Constrain = no_constraint) -> State:
+def generate(params, tokens, valid, keys, limits, tables, st: Static) -> State:
     """Prefill, then decode in a `lax.while_loop` until every row is done (or N tokens are out)."""
-    state, _ = prefill(params, tokens, valid, keys, limits, tables, st, constrain)
-    return jax.lax.while_loop(_running, lambda s: step(params, s, tables, st, constrain)[0], state)
+    state, _ = prefill(params, tokens, valid, keys, limits, tables, st)
+    return jax.lax.while_loop(_running, lambda s: step(params, s, tables, st)[0], state)
 
 
 def generate_debug(
@@ -176,10 +175,8 @@ def generate_static(
 
 
 def _jit_generate(sampler: Any, st: Static) -> Callable:
-    constrain = sampler.engine.constrain
-
     def run(params, tokens, valid, key_ids, samples, limits, seed, tables):
-        state = generate(params, tokens, valid, row_keys(seed, key_ids, samples), limits, tables, st, constrain)
+        state = generate(params, tokens, valid, row_keys(seed, key_ids, samples), limits, tables, st)
         return state.out, state.num, state.reason
 
     return jax.jit(run)
