@@ -12,20 +12,23 @@ import sys
 
 from ilf_jax.errors import IlfError
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("ilf_jax.model.cli_convert", "convert an HF model directory (CodeGen, Llama, Qwen2/3) to an ilf_jax checkpoint"),
-    "export": ("ilf_jax.model.cli_export", "export an ilf_jax checkpoint to an HF directory"),
-    "sample": ("ilf_jax.sample.cli", "sample completions for prompts"),
-    "exec": ("ilf_jax.execute.cli", "run programs against their unit tests in a sandbox"),
-    "train": ("ilf_jax.train.cli", "fine-tune a model on prompt/completion records"),
-    "run": ("ilf_jax.pipeline.cli_run", "run (or resume) the ILF pipeline from a config"),
-    "status": ("ilf_jax.pipeline.cli_status", "show which stages of a run are done"),
-    "plan": ("ilf_jax.pipeline.cli_plan", "print a run's stages, data counts and token estimates before any model is loaded"),
-    "stage": ("ilf_jax.pipeline.cli_stage", "run one stage of the ILF pipeline (`ilf stage list CONFIG` lists them)"),
-    "demo": ("ilf_jax.demo.cli", "run the embedded CPU-sized ILF experiment"),
-    "data": ("ilf_jax.data.cli", "fetch and verify MBPP and the ILF annotation file into a cache"),
-    "annotate": ("ilf_jax.annotate.cli", "serve the web app where people write feedback on failing programs"),
-}
+# name, module (exposing configure(parser) and run(args)), help: one command a line.
+_TABLE = """\
+convert   ilf_jax.model.cli_convert    convert an HF model directory (CodeGen, Llama, Qwen2/3) to an ilf_jax checkpoint
+export    ilf_jax.model.cli_export     export an ilf_jax checkpoint to an HF directory
+sample    ilf_jax.sample.cli           sample completions for prompts
+exec      ilf_jax.execute.cli          run programs against their unit tests in a sandbox
+train     ilf_jax.train.cli            fine-tune a model on prompt/completion records
+run       ilf_jax.pipeline.cli_run     run (or resume) the ILF pipeline from a config
+status    ilf_jax.pipeline.cli_status  show which stages of a run are done
+plan      ilf_jax.pipeline.cli_plan    print a run's stages, data counts and token estimates before any model is loaded
+stage     ilf_jax.pipeline.cli_stage   run one stage of the ILF pipeline (`ilf stage list CONFIG` lists them)
+demo      ilf_jax.demo.cli             run the embedded CPU-sized ILF experiment
+data      ilf_jax.data.cli             fetch and verify MBPP and the ILF annotation file into a cache
+annotate  ilf_jax.annotate.cli         serve the web app where people write feedback on failing programs
+"""
+COMMANDS: dict[str, tuple[str, str]] = {name: (module, help_text) for name, module, help_text in
+                                        (line.split(None, 2) for line in _TABLE.splitlines())}
 
 # Commands that run the same program on every host of a pod or cluster.
 MULTI_HOST = ("convert", "sample", "train", "run", "demo")
