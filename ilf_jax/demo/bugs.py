@@ -6,8 +6,6 @@ import dataclasses
 import random
 import re
 
-from ilf_jax.data.task import Task
-
 
 @dataclasses.dataclass(frozen=True)
 class Bug:
@@ -40,10 +38,9 @@ def applicable_bugs(code: str) -> tuple[Bug, ...]:
     return tuple(b for b in BUGS if b.applies(code))
 
 
-def buggy_code(task: Task, rng: random.Random | None = None, rate: float = 1.0) -> str:
-    """The task's reference code with each applicable bug applied with probability `rate`."""
-    code = task.code
-    for bug in applicable_bugs(task.code):
+def buggy_code(code: str, rng: random.Random | None = None, rate: float = 1.0) -> str:
+    """`code` (a corpus-idiom program) with each applicable bug applied with probability `rate`."""
+    for bug in applicable_bugs(code):
         if rate >= 1.0 or (rng is not None and rng.random() < rate):
             code = bug.apply(code)
     return code
