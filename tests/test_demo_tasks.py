@@ -125,18 +125,32 @@ def test_generation_is_seeded(splits):
 
 
 def test_corpus_documents_and_bug_rate(splits, formats):
+    """Mostly one-line corpus-idiom bodies, about `gold_style_rate` in the gold styles; bugs taught in both."""
     held = [t for s in splits.values() for t in s]
-    docs = corpus.pretraining_corpus(3, n_docs=400, bug_rate=0.85, exclude=held)
-    assert docs == corpus.pretraining_corpus(3, n_docs=400, bug_rate=0.85, exclude=held)
-    shape = re.compile(r'"""\n(Write a .+\.)\n\n>>> Example: (\w+)\(.+\) = .+\n"""\n\ndef (\w+)\(\w+\):\n    return .+\n')
+    docs = corpus.pretraining_corpus(3, n_docs=600, bug_rate=0.85, gold_style_rate=0.2, exclude=held)
+    assert docs == corpus.pretraining_corpus(3, n_docs=600, bug_rate=0.85, gold_style_rate=0.2, exclude=held)
+    shape = re.compile(r'"""\n(Write a .+\.)\n\n>>> Example: (\w+)\(.+\) = .+\n"""\n\ndef (\w+)\(\w+\):\n((?:    .+\n)+)')
     held_texts = {t.text.replace(" python", "") for t in held}
+    one_line = 0
     for doc in docs:
         m = shape.fullmatch(doc)
         assert m and m.group(2) == m.group(3), doc
         assert m.group(1).replace(" python", "") not in held_texts
+        one_line += m.group(4).count("\n") == 1 and re.search(r" for [xs] in ", m.group(4)) is not None
+    assert 0.7 < one_line / len(docs) < 0.9
     ranged = [d for d in docs if "from 1 to n" in d]
-    buggy = sum("range(1, n)" in d for d in ranged) / len(ranged)
+    buggy = sum("range(1, n)" in d or "< n:" in d for d in ranged) / len(ranged)
     assert 0.7 < buggy < 0.97 and len(ranged) > 40
+    assert any("< n:" in d for d in ranged) and any("while i < n + 1:" in d for d in ranged)
+
+
+def test_bugs_read_the_same_in_the_gold_idiom(splits):
+    """A taught bug applies to the gold wherever it applies to the corpus idiom, and breaks it the same way."""
+    for t in (t for s in splits.values() for t in s):
+        idiom = tasks.corpus_reference(t.code)
+        assert [b.name for b in applicable_bugs(t.code)] == [b.name for b in applicable_bugs(idiom)], t.code
+        if applicable_bugs(idiom):
+            assert not passes(buggy_code(t.code), t), t.code
 
 
 def test_corpus_document_is_prompt_plus_body(splits, formats):

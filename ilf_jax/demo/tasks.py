@@ -225,7 +225,7 @@ def gold_body(spec: Spec) -> str:
         iterable, cond, mapped = _parts(spec, var)
         acc, start, update, final = _LOOP_REDUCES[t.reduce]
         counting = t.domain == "range"  # 1 to n as a while loop, not the corpus's range(1, n + 1)
-        lines = [f"    {acc} = {start}"] + ([f"    {var} = 1", f"    while {var} <= n:"] if counting
+        lines = [f"    {acc} = {start}"] + ([f"    {var} = 1", f"    while {var} < n + 1:"] if counting
                                             else [f"    for {var} in {iterable}:"])
         indent = "        "
         if cond:
