@@ -1,10 +1,10 @@
 """The scripted annotator that plays the human: feedback on a failing program and a minimal refinement.
 
 It diffs the failing body against the task's corpus-idiom body (the model's own style; the task's
-gold is written in another) token by token, finds the smallest set of
-diff hunks whose application passes the tests (checked in a separate, time-limited process, since
-the program may come from a model), and explains exactly those hunks in varied wording. A program
-that is too far from any fix gets the reference body and feedback that says it was rewritten.
+gold is written in another) token by token, finds the smallest set of diff hunks whose application
+passes the tests (checked in a separate, time-limited process, since the program may come from a
+model), and explains exactly those hunks in varied wording. A program
+that is too far from any fix gets the corpus-idiom body and feedback that says it was rewritten.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import re
 
 @dataclasses.dataclass(frozen=True)
 class Bug:
-    """A named rewrite that turns a correct reference body into a wrong but plausible one."""
+    """A named rewrite that turns a correct body (in any idiom) into a wrong but plausible one."""
 
     name: str
     pattern: str
