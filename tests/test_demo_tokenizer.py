@@ -8,8 +8,9 @@ from ilf_jax.demo.tokenizer import EOS, EOS_ID, load_tokenizer, save_tokenizer, 
 
 
 def document(task):
+    """A pretraining document: the prompt and the corpus-idiom program (what the tokenizer is trained on)."""
     call, expected = task.test_list[0].removeprefix("assert ").split(" == ", 1)
-    return f'"""\n{task.text}\n\n>>> Example: {call} = {expected}\n"""\n\n{task.code}'
+    return f'"""\n{task.text}\n\n>>> Example: {call} = {expected}\n"""\n\n{tasks.corpus_reference(task.code)}'
 
 
 @pytest.fixture(scope="module")

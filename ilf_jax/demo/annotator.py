@@ -1,9 +1,10 @@
 """The scripted annotator that plays the human: feedback on a failing program and a minimal refinement.
 
-It diffs the failing body against the reference body token by token, finds the smallest set of
-diff hunks whose application passes the tests (checked in a separate, time-limited process, since
-the program may come from a model), and explains exactly those hunks in varied wording. A program
-that is too far from any fix gets the reference body and feedback that says it was rewritten.
+It diffs the failing body against the task's corpus-idiom body (the model's own style; the task's
+gold is written in another) token by token, finds the smallest set of diff hunks whose application
+passes the tests (checked in a separate, time-limited process, since the program may come from a
+model), and explains exactly those hunks in varied wording. A program
+that is too far from any fix gets the corpus-idiom body and feedback that says it was rewritten.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import NamedTuple
 
 from ilf_jax.data.formats import EOS, task_prompt, truncate_completion
 from ilf_jax.data.task import Task
+from ilf_jax.demo.tasks import corpus_reference
 
 MAX_HUNKS = 3  # beyond this the program counts as too broken for a minimal edit
 MIN_SIMILARITY = 0.6  # similarity of non-space tokens to the reference below which the body is rewritten
@@ -61,9 +63,8 @@ def _split(program: str, task: Task) -> tuple[str, str]:
 
 
 def _reference_body(task: Task) -> str:
-    """The body of the reference solution's tested function."""
-    m = re.search(rf"^def\s+{re.escape(task.entry_point)}\s*\(.*\n", task.code, flags=re.M)
-    return task.code[m.end():] if m else task.code
+    """The body the annotator edits towards: the corpus idiom of the task (the model's own style), not its gold."""
+    return corpus_reference(task.code).split("\n", 1)[1]
 
 
 def _hunks(a: list[str], b: list[str]) -> list[_Hunk]:

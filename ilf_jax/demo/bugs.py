@@ -6,12 +6,10 @@ import dataclasses
 import random
 import re
 
-from ilf_jax.data.task import Task
-
 
 @dataclasses.dataclass(frozen=True)
 class Bug:
-    """A named rewrite that turns a correct reference body into a wrong but plausible one."""
+    """A named rewrite that turns a correct body (in any idiom) into a wrong but plausible one."""
 
     name: str
     pattern: str
@@ -26,11 +24,12 @@ class Bug:
         return re.sub(self.pattern, self.replacement, code)
 
 
+# The patterns name no loop variable, so a bug reads the same in every idiom (comprehension, loop, filter/map).
 BUGS: tuple[Bug, ...] = (
-    Bug("non_strict_greater", r"if x > (\d+)", r"if x >= \1"),  # "greater than K" read as >=
-    Bug("non_strict_less", r"if x < (\d+)", r"if x <= \1"),  # "less than K" read as <=
-    Bug("exclusive_range", r"range\(1, n \+ 1\)", "range(1, n)"),  # "from 1 to n" stops at n - 1
-    Bug("missing_square", r"x \*\* 2 for", "x for"),  # forgets to square before reducing
+    Bug("non_strict_greater", r"\b([a-z]\w*) > (\d+)", r"\1 >= \2"),  # "greater than K" read as >=
+    Bug("non_strict_less", r"\b([a-z]\w*) < (\d+)", r"\1 <= \2"),  # "less than K" read as <=
+    Bug("exclusive_range", r"(range\(1, n|< n) \+ 1\b", r"\1"),  # "from 1 to n" stops at n - 1
+    Bug("missing_square", r"\b([a-z]\w*) \*\* 2\b", r"\1"),  # forgets to square before reducing
     Bug("starts_for_ends", r"\.endswith\(", ".startswith("),  # "end with" checked at the start
 )
 
@@ -40,10 +39,9 @@ def applicable_bugs(code: str) -> tuple[Bug, ...]:
     return tuple(b for b in BUGS if b.applies(code))
 
 
-def buggy_code(task: Task, rng: random.Random | None = None, rate: float = 1.0) -> str:
-    """The task's reference code with each applicable bug applied with probability `rate`."""
-    code = task.code
-    for bug in applicable_bugs(task.code):
+def buggy_code(code: str, rng: random.Random | None = None, rate: float = 1.0) -> str:
+    """`code` with each applicable bug applied with probability `rate`."""
+    for bug in applicable_bugs(code):
         if rate >= 1.0 or (rng is not None and rng.random() < rate):
             code = bug.apply(code)
     return code

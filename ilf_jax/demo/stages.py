@@ -31,6 +31,7 @@ from ilf_jax.train.config import TrainConfig
 class CorpusSection:
     n_docs: int = 16000  # prompt + body documents of fresh task instances (no split task)
     bug_rate: float = 0.85  # each applicable bug pattern is taught with this probability
+    gold_style_rate: float = 0.1  # documents written in the gold styles (loops, filter/map), not the corpus idiom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,8 @@ def documents(p: CorpusParams) -> list[str]:
 
     splits = import_callable(p.factory, "tasks.factory")(**p.factory_args)
     every = [t for items in splits.values() for t in items]
-    return pretraining_corpus(p.seed, n_docs=p.corpus.n_docs, bug_rate=p.corpus.bug_rate, exclude=every)
+    return pretraining_corpus(p.seed, n_docs=p.corpus.n_docs, bug_rate=p.corpus.bug_rate,
+                              gold_style_rate=p.corpus.gold_style_rate, exclude=every)
 
 
 def corpus(ctx: StageContext, p: CorpusParams) -> dict[str, Any]:

@@ -1,15 +1,19 @@
 """A generated MBPP-shaped task family: short filter/map/reduce functions with text, code and asserts.
 
-Every task is one *template* (domain, reduction, map, filter) filled with *constants*; the
-reference body is a single `return` line so that a tiny model can learn the family in minutes.
-Expected values come from running our own reference code in-process (it is generated here,
-never model output).
+Every task is one *template* (domain, reduction, map, filter) filled with *constants*. The
+*corpus idiom* of a spec (`reference_code`) is a single `return` line with a comprehension over
+`x` or `s`: the base model is pretrained on it (with bugs) and the annotator edits towards it. The
+task's `code`, its "MBPP gold" (`gold_code`), is written independently in another idiom (a loop
+with an accumulator, or filter/map with lambdas, other names) and computes the same values, as
+MBPP's gold was written by other people than the model's corpus. Expected values come from
+running our own generated code in-process (never model output).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import random
 from collections.abc import Callable
@@ -27,38 +31,38 @@ _WORDS = (
 )
 _LETTERS = "abcdelmnoprst"
 
-# name -> (code, text, name token, constants); `{k}` is the constant, the loop variable is x or s.
+# name -> (code, text, name token, constants); `{k}` is the constant, `{v}` the loop variable.
 _INT_FILTERS: dict[str, tuple[str, str, str, tuple]] = {
     "none": ("", "", "", ()),
-    "gt": ("x > {k}", "greater than {k}", "greater", tuple(range(1, 10))),
-    "lt": ("x < {k}", "less than {k}", "less", tuple(range(2, 11))),
-    "ge": ("x >= {k}", "at least {k}", "atleast", tuple(range(1, 10))),
-    "le": ("x <= {k}", "at most {k}", "atmost", tuple(range(2, 11))),
-    "div": ("x % {k} == 0", "divisible by {k}", "divisible", (3, 4, 5)),
-    "even": ("x % 2 == 0", "even", "even", ()),
-    "odd": ("x % 2 == 1", "odd", "odd", ()),
+    "gt": ("{v} > {k}", "greater than {k}", "greater", tuple(range(1, 10))),
+    "lt": ("{v} < {k}", "less than {k}", "less", tuple(range(2, 11))),
+    "ge": ("{v} >= {k}", "at least {k}", "atleast", tuple(range(1, 10))),
+    "le": ("{v} <= {k}", "at most {k}", "atmost", tuple(range(2, 11))),
+    "div": ("{v} % {k} == 0", "divisible by {k}", "divisible", (3, 4, 5)),
+    "even": ("{v} % 2 == 0", "even", "even", ()),
+    "odd": ("{v} % 2 == 1", "odd", "odd", ()),
 }
 _INT_MAPS: dict[str, tuple[str, str, str, tuple]] = {
-    "id": ("x", "{items}", "", ()),
-    "sq": ("x ** 2", "the squares of {items}", "squares", ()),
-    "abs": ("abs(x)", "the absolute values of {items}", "abs", ()),
-    "mul": ("x * {k}", "{items}, each multiplied by {k}", "times", (2, 3, 4, 5)),
-    "add": ("x + {k}", "{items}, each increased by {k}", "plus", tuple(range(1, 10))),
-    "sub": ("x - {k}", "{items}, each decreased by {k}", "minus", tuple(range(1, 10))),
+    "id": ("{v}", "{items}", "", ()),
+    "sq": ("{v} ** 2", "the squares of {items}", "squares", ()),
+    "abs": ("abs({v})", "the absolute values of {items}", "abs", ()),
+    "mul": ("{v} * {k}", "{items}, each multiplied by {k}", "times", (2, 3, 4, 5)),
+    "add": ("{v} + {k}", "{items}, each increased by {k}", "plus", tuple(range(1, 10))),
+    "sub": ("{v} - {k}", "{items}, each decreased by {k}", "minus", tuple(range(1, 10))),
 }
 _STR_FILTERS: dict[str, tuple[str, str, str, tuple]] = {
     "none": ("", "", "", ()),
-    "starts": ("s.startswith({k!r})", "start with {k!r}", "starting", tuple(_LETTERS)),
-    "ends": ("s.endswith({k!r})", "end with {k!r}", "ending", tuple(_LETTERS)),
-    "long": ("len(s) > {k}", "longer than {k} characters", "long", (3, 4, 5)),
-    "short": ("len(s) < {k}", "shorter than {k} characters", "short", (4, 5, 6)),
+    "starts": ("{v}.startswith({k!r})", "start with {k!r}", "starting", tuple(_LETTERS)),
+    "ends": ("{v}.endswith({k!r})", "end with {k!r}", "ending", tuple(_LETTERS)),
+    "long": ("len({v}) > {k}", "longer than {k} characters", "long", (3, 4, 5)),
+    "short": ("len({v}) < {k}", "shorter than {k} characters", "short", (4, 5, 6)),
 }
 _STR_MAPS: dict[str, tuple[str, str, str, tuple]] = {
-    "id": ("s", "{items}", "", ()),
-    "upper": ("s.upper()", "the uppercase forms of {items}", "upper", ()),
-    "rev": ("s[::-1]", "the reverses of {items}", "reversed", ()),
-    "first": ("s[0]", "the first letters of {items}", "initials", ()),
-    "len": ("len(s)", "the lengths of {items}", "lengths", ()),
+    "id": ("{v}", "{items}", "", ()),
+    "upper": ("{v}.upper()", "the uppercase forms of {items}", "upper", ()),
+    "rev": ("{v}[::-1]", "the reverses of {items}", "reversed", ()),
+    "first": ("{v}[0]", "the first letters of {items}", "initials", ()),
+    "len": ("len({v})", "the lengths of {items}", "lengths", ()),
 }
 # reduction -> (code around the generator/list, text around the mapped items, name token)
 _REDUCES: dict[str, tuple[str, str, str]] = {
@@ -165,21 +169,111 @@ def task_text(spec: Spec, python: bool = False) -> str:
     return lead + _REDUCES[t.reduce][1].format(x=mapped) + "."
 
 
-def reference_body(spec: Spec) -> str:
-    """The one-line reference body (indented, newline-terminated)."""
+def _parts(spec: Spec, var: str) -> tuple[str, str, str]:
+    """(iterable, filter condition or "", mapped expression) of a spec, with loop variable `var`."""
     t = spec.template
     maps, filters = _tables(t.domain)
-    var = "s" if t.domain == "strs" else "x"
-    fcode = filters[t.filter][0].format(k=spec.filter_k)
-    gen = f"{maps[t.map][0].format(k=spec.map_k)} for {var} in {_DOMAINS[t.domain][1]}"
-    if fcode:
-        gen += f" if {fcode}"
-    return f"    return {_REDUCES[t.reduce][0].format(gen=gen)}\n"
+    cond = filters[t.filter][0].format(k=spec.filter_k, v=var)
+    return _DOMAINS[t.domain][1], cond, maps[t.map][0].format(k=spec.map_k, v=var)
+
+
+def reference_body(spec: Spec) -> str:
+    """The corpus idiom's one-line body (indented, newline-terminated): what the base model learns."""
+    var = "s" if spec.template.domain == "strs" else "x"
+    iterable, cond, mapped = _parts(spec, var)
+    gen = f"{mapped} for {var} in {iterable}" + (f" if {cond}" if cond else "")
+    return f"    return {_REDUCES[spec.template.reduce][0].format(gen=gen)}\n"
+
+
+def _def_line(spec: Spec) -> str:
+    """The `def` line every program of the spec shares (the task prompt ends with it)."""
+    return f"def {function_name(spec)}({_DOMAINS[spec.template.domain][0]}):\n"
 
 
 def reference_code(spec: Spec) -> str:
-    """The full reference program: the `def` line and the body."""
-    return f"def {function_name(spec)}({_DOMAINS[spec.template.domain][0]}):\n{reference_body(spec)}"
+    """The corpus idiom's full program: the `def` line and the one-line body."""
+    return _def_line(spec) + reference_body(spec)
+
+
+GOLD_STYLES = ("loop", "functional")
+# reduction -> (accumulator, its start, update with {a} the accumulator and {m} the mapped value, final value)
+_LOOP_REDUCES: dict[str, tuple[str, str, str, str]] = {
+    "sum": ("total", "0", "{a} += {m}", "{a}"),
+    "max": ("found", "[]", "{a}.append({m})", "max({a})"),
+    "min": ("found", "[]", "{a}.append({m})", "min({a})"),
+    "count": ("count", "0", "{a} += 1", "{a}"),
+    "list": ("result", "[]", "{a}.append({m})", "{a}"),
+    "join": ("text", "''", "{a} += {m}", "{a}"),
+}
+# reduction -> the return expression around the (filtered, mapped) iterator {it}
+_FUNCTIONAL_REDUCES = {"sum": "sum({it})", "max": "max({it})", "min": "min({it})", "count": "len(list({it}))",
+                       "list": "list({it})", "join": "''.join({it})"}
+
+
+def gold_style(spec: Spec) -> str:
+    """Which of GOLD_STYLES the spec's gold is written in (a fixed hash of the spec, so seed-independent)."""
+    digest = hashlib.sha256(reference_code(spec).encode()).digest()
+    return GOLD_STYLES[digest[0] % len(GOLD_STYLES)]
+
+
+def gold_body(spec: Spec) -> str:
+    """The gold body in the spec's gold style (an accumulator loop, a while loop over 1..n, or filter/map
+    with lambdas): never the corpus's comprehension nor its names x / s."""
+    t = spec.template
+    if gold_style(spec) == "loop":
+        var = {"ints": "num", "range": "i", "strs": "word"}[t.domain]
+        iterable, cond, mapped = _parts(spec, var)
+        acc, start, update, final = _LOOP_REDUCES[t.reduce]
+        counting = t.domain == "range"  # 1 to n as a while loop, not the corpus's range(1, n + 1)
+        lines = [f"    {acc} = {start}"] + ([f"    {var} = 1", f"    while {var} < n + 1:"] if counting
+                                            else [f"    for {var} in {iterable}:"])
+        indent = "        "
+        if cond:
+            lines.append(f"{indent}if {cond}:")
+            indent += "    "
+        lines.append(indent + update.format(a=acc, m=mapped))
+        lines += [f"        {var} += 1"] if counting else []
+        return "\n".join(lines + [f"    return {final.format(a=acc)}"]) + "\n"
+    var = {"ints": "v", "range": "k", "strs": "w"}[t.domain]
+    iterable, cond, mapped = _parts(spec, var)
+    lines, it = [], iterable
+    if cond:
+        lines.append(f"    kept = filter(lambda {var}: {cond}, {it})")
+        it = "kept"
+    if mapped != var:
+        lines.append(f"    values = map(lambda {var}: {mapped}, {it})")
+        it = "values"
+    lines.append(f"    return {_FUNCTIONAL_REDUCES[t.reduce].format(it=it)}")
+    return "\n".join(lines) + "\n"
+
+
+def gold_code(spec: Spec) -> str:
+    """The task's gold program (its `code`): the shared `def` line and the independently written body."""
+    return _def_line(spec) + gold_body(spec)
+
+
+@functools.cache
+def _templates_by_name() -> dict[str, Template]:
+    """Function name -> template (one name per template)."""
+    out = {function_name(Spec(t)): t for t in all_templates()}
+    if len(out) != len(all_templates()):
+        raise AssertionError("two templates share a function name")
+    return out
+
+
+@functools.lru_cache(maxsize=8192)
+def corpus_reference(gold: str) -> str:
+    """The corpus-idiom program of the spec whose gold program is `gold` (what the annotator edits towards)."""
+    name = gold.split("(", 1)[0].removeprefix("def ")
+    template = _templates_by_name().get(name)
+    if template is not None:
+        maps, filters = _tables(template.domain)
+        for mk in maps[template.map][3] or (None,):
+            for fk in filters[template.filter][3] or (None,):
+                spec = Spec(template, mk, fk)
+                if gold_code(spec) == gold:
+                    return reference_code(spec)
+    raise ValueError(f"not the gold program of a demo task: {gold[:80]!r}")
 
 
 @functools.lru_cache(maxsize=8192)
@@ -233,7 +327,8 @@ def _mutants(spec: Spec) -> list[str]:
 
 
 def make_task(spec: Spec, task_id: int, rng: random.Random, python: bool = False) -> Task | None:
-    """Build the task of a spec: three asserts that pass on the reference and catch each bug.
+    """Build the task of a spec: gold code and three asserts that pass on it and on the corpus idiom
+    and catch each bug applied to the corpus idiom.
 
     Returns None when no inputs were found that make every applicable bug (and dropping the map
     or the filter) fail a test.
@@ -248,8 +343,11 @@ def make_task(spec: Spec, task_id: int, rng: random.Random, python: bool = False
         if any(isinstance(o, type) for o in outs) or len({repr(o) for o in outs}) < 2:
             continue
         if all(any(_call(m, a) != o for a, o in zip(args, outs)) for m in mutants):
+            gold, gold_fn = gold_code(spec), _compile(gold_code(spec), name)
+            if [_call(gold_fn, a) for a in args] != outs:
+                raise AssertionError(f"gold and corpus idiom disagree on {name}: {gold!r}")
             tests = tuple(f"assert {name}({a!r}) == {o!r}" for a, o in zip(args, outs))
-            return Task(task_id, task_text(spec, python), code, tests)
+            return Task(task_id, task_text(spec, python), gold, tests)
     return None
 
 
@@ -267,11 +365,11 @@ def _random_template(rng: random.Random) -> Template:
 
 def draw_task(rng: random.Random, task_id: int, exclude: set[str],
               templates: tuple[Template, ...] | None = None) -> tuple[Spec, Task]:
-    """A random (spec, task) whose reference code is not in `exclude` (from `templates`, default all)."""
+    """A random (spec, task) whose gold code is not in `exclude` (from `templates`, default all)."""
     for _ in range(10_000):
         template = rng.choice(templates) if templates else _random_template(rng)
         spec = _draw_spec(template, rng)
-        if reference_code(spec) in exclude:
+        if gold_code(spec) in exclude:
             continue
         task = make_task(spec, task_id, rng, python=rng.random() < 0.2)
         if task is not None:
