@@ -6,6 +6,7 @@ import pytest
 
 from helpers import passes_own_asserts as passes
 
+from ilf_jax.data.annotations import levenshtein
 from ilf_jax.demo import tasks
 from ilf_jax.demo.annotator import annotate
 from ilf_jax.demo.bugs import applicable_bugs, buggy_code
@@ -25,15 +26,6 @@ def idiom(task):
     """The task's corpus-idiom program (what the base model writes and the annotator edits towards)."""
     return corpus_reference(task.code)
 
-
-
-def levenshtein(a, b):
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 @pytest.fixture(scope="module")

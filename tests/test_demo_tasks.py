@@ -12,6 +12,7 @@ import pytest
 
 from helpers import passes_own_asserts as passes
 
+from ilf_jax.data.annotations import levenshtein
 from ilf_jax.demo import corpus, tasks
 from ilf_jax.demo.annotator import _TOKEN, MIN_SIMILARITY
 from ilf_jax.demo.bugs import BUGS, applicable_bugs, buggy_code
@@ -73,16 +74,6 @@ def _code_tokens(body):
     return [tok for tok in _TOKEN.findall(body) if not tok.isspace()]
 
 
-def _token_distance(a, b):
-    """Token-level Levenshtein distance."""
-    row = list(range(len(b) + 1))
-    for i, ta in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, tb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ta != tb))
-    return row[-1]
-
-
 def test_gold_is_written_in_another_idiom_than_the_corpus(splits):
     """Every gold passes its asserts but is far from the corpus idiom (the annotator's edit target): below
     the similarity at which the annotator would rather rewrite than patch, and at least 10 token edits
@@ -93,8 +84,8 @@ def test_gold_is_written_in_another_idiom_than_the_corpus(splits):
         a, b = _code_tokens(corpus.body(idiom)), _code_tokens(corpus.body(t.code))
         assert passes(t.code, t), t
         assert difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() < MIN_SIMILARITY, t.code
-        assert _token_distance(a, b) >= 10, t.code
-        assert _token_distance(a, _code_tokens(corpus.body(buggy_code(idiom)))) <= 2 * len(applicable_bugs(idiom))
+        assert levenshtein(a, b) >= 10, t.code
+        assert levenshtein(a, _code_tokens(corpus.body(buggy_code(idiom)))) <= 2 * len(applicable_bugs(idiom))
         nodes = list(ast.walk(ast.parse(t.code)))
         assert not any(isinstance(n, (ast.GeneratorExp, ast.ListComp)) for n in nodes), t.code
         assert not {n.id for n in nodes if isinstance(n, ast.Name)} & {"x", "s"}, t.code

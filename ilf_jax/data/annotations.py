@@ -133,8 +133,8 @@ def load_annotations(path: str | Path, *, include_test: bool = False,
     return AnnotationSet(tuple(rows), tuple(excluded))
 
 
-def levenshtein(a: str, b: str) -> int:
-    """Character edit distance (insert, delete, substitute; each costs 1)."""
+def levenshtein(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Edit distance of two sequences, e.g. a string's characters (insert, delete, substitute; each costs 1)."""
     if len(a) < len(b):
         a, b = b, a
     previous = list(range(len(b) + 1))
