@@ -327,3 +327,23 @@ def test_long_prompt_is_truncated_from_the_left(model_c):
     assert sampler.truncated == [0] and len(ids[0]) == 8 and len(ids[1]) >= 1
     with pytest.raises(Exception, match="no room"):
         sampler.encode(["x"], SamplingConfig(max_new_tokens=config.n_positions))
+
+
+def test_kth_largest_equals_lax_top_k_with_ties_infinities_and_signed_zeros():
+    from ilf_jax.sample.policy import kth_largest
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        vocab = int(rng.integers(2, 300))
+        k = int(rng.integers(1, vocab))
+        x = rng.standard_normal((3, vocab)).astype(np.float32) * 10.0 ** rng.integers(-3, 4)
+        if trial % 3 == 0:
+            x = np.round(x, 1)  # ties
+        if trial % 5 == 0:
+            x[:, : vocab // 3] = -np.inf
+        if trial % 7 == 0:
+            x[0] = 0.0
+            x[0, ::2] = -0.0
+        ours = np.asarray(kth_largest(jnp.asarray(x), k))
+        ref = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
+        assert np.array_equal(ours, ref), (trial, ours, ref)
