@@ -347,3 +347,49 @@ def test_kth_largest_equals_lax_top_k_with_ties_infinities_and_signed_zeros():
         ours = np.asarray(kth_largest(jnp.asarray(x), k))
         ref = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
         assert np.array_equal(ours, ref), (trial, ours, ref)
+
+
+def test_top_k_candidates_hold_the_rows_top_k_and_flag_ties_outside():
+    from ilf_jax.sample.policy import top_k_candidates
+
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        vocab = int(rng.integers(60, 3000))
+        k = int(rng.integers(1, 60))
+        x = rng.standard_normal((4, vocab)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x, 1)  # ties, block maxima included
+        if trial % 4 == 0:
+            x[:, : vocab // 2] = -np.inf
+        values, ids, kth, complete = (np.asarray(a) for a in top_k_candidates(jnp.asarray(x), k))
+        assert np.array_equal(kth, np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])), trial
+        for r in range(4):
+            real = ids[r] < vocab
+            assert np.array_equal(values[r][real], x[r, ids[r][real]]) and np.all(values[r][~real] == -np.inf)
+            kept = set(ids[r][values[r] >= kth[r]].tolist())
+            full = set(np.flatnonzero(x[r] >= kth[r]).tolist())
+            assert kept <= full and (kept == full) == bool(complete[r]), (trial, r)
+    # A maximum outside the chosen blocks that ties the k-th largest: incomplete.
+    x = np.full((1, 800), -5.0, np.float32)
+    x[0, ::100] = 1.0  # 8 blocks' maxima tie; k = 2 picks two of them
+    _, _, kth, complete = top_k_candidates(jnp.asarray(x), 2)
+    assert float(kth[0, 0]) == 1.0 and not bool(complete[0])
+
+
+def test_top_k_draw_equals_the_draw_over_the_whole_vocabulary():
+    """`choose` with top-k (over the candidate blocks, or the whole row after a tie) picks the token
+    the inverse CDF over the whole filtered vocabulary picks for the same uniform."""
+    from ilf_jax.sample.policy import _inverse_cdf, choose, warp
+
+    rng = np.random.default_rng(2)
+    for vocab, k, top_p, ties in ((5000, 50, 1.0, False), (5000, 50, 0.9, False), (700, 7, 1.0, True), (51200, 50, 1.0, False)):
+        x = (rng.standard_normal((64, vocab)) * 3).astype(np.float32)
+        if ties:
+            x = np.round(x)
+        keys = jax.random.key_data(jax.random.split(jax.random.key(vocab), 64))
+        policy = Policy(temperature=0.8, top_k=k, top_p=top_p)
+        ours = np.asarray(choose(jnp.asarray(x), keys, policy))
+        u = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(keys)
+        ref = np.asarray(_inverse_cdf(warp(jnp.asarray(x), policy), u))
+        assert np.array_equal(ours, ref), (vocab, k, top_p, np.flatnonzero(ours != ref))
+        assert len(set(ours.tolist())) > 5

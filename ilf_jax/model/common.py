@@ -76,7 +76,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: jnp
     b, h, t, d = q.shape
     kv = k.shape[1]
     q = q.reshape(b, kv, h // kv, t, d)  # each kv head serves h // kv consecutive query heads
-    scores = jnp.matmul(q.astype(jnp.float32), k.astype(jnp.float32)[:, :, None].swapaxes(-1, -2))
+    # Contract over D of both operands (no swapaxes): XLA on CPU would copy a transposed K cache every decode step.
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q.astype(jnp.float32), k.astype(jnp.float32))
     scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(d)), _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.matmul(probs, v.astype(dtype)[:, :, None])  # [B, KV, G, T, D]
