@@ -125,11 +125,14 @@ def cached_attention(
     return attend(q, k, v, mask, dtype), new_cache
 
 
-def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None, config) -> jax.Array:
-    """fp32 logits from final hidden states and an LM head (kernel [E, V], optional bias), in the
-    config's compute dtype, exactly as the models compute them."""
+def lm_head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None, config, rows: bool = False) -> jax.Array:
+    """fp32 logits from final hidden states and an LM head (kernel [E, V], or [V, E] with `rows`; optional
+    bias), in the config's compute dtype, exactly as the models compute them."""
     dtype = jnp.dtype(config.dtype)
-    logits = hidden.astype(dtype) @ kernel.astype(dtype)
+    if rows:
+        logits = jnp.einsum("...e,ve->...v", hidden.astype(dtype), kernel.astype(dtype))
+    else:
+        logits = hidden.astype(dtype) @ kernel.astype(dtype)
     if bias is not None:
         logits = logits + bias.astype(dtype)
     return logits.astype(jnp.float32)

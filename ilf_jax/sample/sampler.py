@@ -157,7 +157,8 @@ class Sampler:
         return math.prod(self.mesh.shape[a] for a in ("data", "fsdp"))
 
     def static(self, cfg: SamplingConfig) -> sl.Static:
-        return sl.Static(self.config, cfg.policy, cfg.max_new_tokens, self.eos_id, cfg.stop_rule, self.engine.constrain)
+        return sl.Static(self.config, cfg.policy, cfg.max_new_tokens, self.eos_id, cfg.stop_rule, self.engine.constrain,
+                         head_rows=jax.default_backend() == "cpu")
 
     def check(self, cfg: SamplingConfig) -> None:
         """Refuse settings this model and mesh cannot run (before anything is compiled)."""

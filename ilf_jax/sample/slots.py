@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ilf_jax.model.common import Cache, Constrain, causal_mask, no_constraint, positions_from_mask
-from ilf_jax.model.family import ModelConfig, cache_axes, forward, init_cache
+from ilf_jax.model.common import Cache, Constrain, causal_mask, lm_head_logits, no_constraint, positions_from_mask
+from ilf_jax.model.family import ModelConfig, cache_axes, forward, init_cache, lm_head
 from ilf_jax.sample.policy import Policy, choose
 from ilf_jax.sample.stop import initial_state, stop_update
 
@@ -46,6 +46,7 @@ class Static:
     eos_id: int
     stop_rule: bool = True
     constrain: Constrain = no_constraint
+    head_rows: bool = False  # decode with the LM head as [V, E] rows (`decode_head`)
 
 
 @struct.dataclass
@@ -168,12 +169,27 @@ def place(slots: Slots, kv: Cache, logits: jax.Array, rows: Placement, tables: d
     return slots, token
 
 
-def decode_step(params: Any, slots: Slots, tables: dict[str, jax.Array], st: Static) -> tuple[Slots, jax.Array, jax.Array]:
-    """Feed every slot's last token at column `col` and draw the next: (slots, tokens [S], logits [S, V])."""
+def decode_head(params: Any, st: Static) -> tuple[jax.Array, jax.Array | None]:
+    """The LM head a decode step multiplies by: (kernel, bias), the kernel as [V, E] rows with `st.head_rows`.
+
+    On CPU a [slots, E] x [V, E]^T product streams the vocabulary's weights about 1.5x faster than
+    [slots, E] x [E, V] (the whole LM head is read every step); the rows are materialised once per
+    chunk (the barrier keeps XLA from folding the transpose back into the product).
+    """
+    kernel, bias = lm_head(params, st.config)
+    return (jax.lax.optimization_barrier(kernel.T) if st.head_rows else kernel), bias
+
+
+def decode_step(
+    params: Any, slots: Slots, tables: dict[str, jax.Array], st: Static, head: tuple[jax.Array, jax.Array | None] | None = None
+) -> tuple[Slots, jax.Array, jax.Array]:
+    """Feed every slot's last token at column `col` and draw the next: (slots, tokens [S], logits [S, V]).
+
+    `head` is `decode_head(params, st)`, computed here when not given."""
     length = slots.cache[0]["k"].shape[2]
     behind = (slots.col - jnp.arange(length)) % length  # 0 at `col`, 1 just before it, ...
     mask = behind[None, :] <= slots.length[:, None]
-    logits, cache = forward(
+    hidden, cache = forward(
         params,
         slots.last[:, None],
         st.config,
@@ -182,8 +198,10 @@ def decode_step(params: Any, slots: Slots, tables: dict[str, jax.Array], st: Sta
         cache=slots.cache,
         cache_index=slots.col,
         constrain=st.constrain,
+        hidden_only=True,
     )
-    logits = logits[:, 0]
+    kernel, bias = decode_head(params, st) if head is None else head
+    logits = st.constrain(lm_head_logits(hidden[:, 0], kernel, bias, st.config, rows=st.head_rows), ("act_batch", "act_vocab"))
     token = draw(logits, slots.keys, slots.num, st.policy)
     token, done, num, after_nl, reason, live = advance(token, slots.done, slots.num, slots.limit, slots.after_nl, slots.reason, tables, st)
     slots = slots.replace(
@@ -210,10 +228,11 @@ def decode_chunk(
 ) -> tuple[Slots, jax.Array, jax.Array]:
     """Up to `steps` decode steps in a `lax.while_loop`: (slots, tokens [S, steps] (EOS-filled), steps run)."""
     out = jnp.full((slots.done.shape[0], steps), st.eos_id, jnp.int32)
+    head = decode_head(params, st)
 
     def body(carry):
         i, s, out = carry
-        s, token, _ = decode_step(params, s, tables, st)
+        s, token, _ = decode_step(params, s, tables, st, head)
         return i + 1, s, jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
 
     i, slots, out = jax.lax.while_loop(lambda c: chunk_continues(c[0], c[1], steps, exit_free), body, (jnp.zeros((), jnp.int32), slots, out))
