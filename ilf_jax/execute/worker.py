@@ -514,7 +514,7 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
+    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)  # the zygote and each job's init inherit it (fork copies it)
     isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # each job's init is re-parented to us
     _preload()
     worker = Worker(cfg, proto_in, proto_out)  # forks the zygote: before any job data, before pytest
