@@ -141,17 +141,19 @@ def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], namespac
         os._exit(0)
 
 
+def process_ticks(pid: int | str) -> int:
+    """CPU clock ticks of one process and what it reaped (utime + stime + cutime + cstime); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return sum(int(x) for x in f.read().rsplit(b")", 1)[1].split()[11:15])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def job_cpu(namespaces: bool, program_pid: int) -> float:
     """CPU seconds of the job: every process of its PID namespace (each with what it reaped), else the program's."""
-    ticks = 0
     pids = [p for p in os.listdir("/proc") if p.isdigit()] if namespaces else [str(program_pid)]
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                ticks += sum(int(x) for x in f.read().rsplit(b")", 1)[1].split()[11:15])
-        except (OSError, ValueError, IndexError):
-            continue
-    seconds = ticks / _CLK
+    seconds = sum(process_ticks(pid) for pid in pids) / _CLK
     if not namespaces:
         t = os.times()
         seconds += t.children_user + t.children_system
