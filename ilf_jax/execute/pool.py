@@ -125,10 +125,10 @@ class Executor:
     in flight, one worker process each. With `pin`, each worker process and everything it forks (its
     zygote, each job's init and program) runs on one CPU, the workers taking the allowed CPUs in
     turn: a job's judge and program then take turns on one core without waking each other across
-    cores, and the pages a fork shares stay in one core's caches (measured on 2 cores: 4.2 s instead
-    of 5.5-5.9 s for the 1364 MBPP/ILF programs; scripts/bench_exec.py prints both). The queue of
-    jobs is shared, so a long job on one core does not hold up the others. Verdicts do not depend on
-    either (CPU-time limits)."""
+    cores (and, presumably, the pages a fork shares stay in one core's caches); measured on 2 cores,
+    the 1364 MBPP/ILF programs take 4.0-4.2 s instead of 4.6-4.9 s unpinned with 2 lanes
+    (scripts/bench_exec.py prints both). The queue of jobs is shared, so a long job on one core does
+    not hold up the others. Verdicts do not depend on either (CPU-time limits)."""
 
     def __init__(self, workers: int | None = None, timeout: float = 3.0, *, wall_timeout: float | None = None,
                  memory_mb: int = 1024, output_kb: int = 4096, open_files: int = 64, max_processes: int = 32,
