@@ -20,7 +20,7 @@ import platform
 import resource
 import signal
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+CLONE_VM, CLONE_FILES, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x100, 0x400, 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
 MNT_DETACH = 2
@@ -39,6 +39,9 @@ _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.clone.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+_MUTEX_LOCK = ctypes.cast(_libc.pthread_mutex_lock, ctypes.c_void_p)  # a JobInit's whole program
 
 
 def _check(rc: int, what: str) -> None:
@@ -59,10 +62,62 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {target}")
 
 
-def new_pid_namespace(own: int) -> None:
-    """The next child of this process is pid 1 of a new PID namespace (`own`: an fd of this process's own)."""
-    _check(_libc.setns(own, CLONE_NEWPID), "setns")
-    _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
+def set_pid_namespace_for_children(fd: int) -> None:
+    """This process's next children are made in the PID namespace `fd` names (an nsfd or a pidfd)."""
+    _check(_libc.setns(fd, CLONE_NEWPID), "setns pid")
+
+
+class JobInit:
+    """Pid 1 of a new PID namespace that runs no Python: a clone sharing the zygote's memory (no page
+    tables copied, none torn down; ~0.05 ms, measured, against ~0.5 ms for a forked interpreter) that
+    blocks in pthread_mutex_lock on a robust mutex the zygote holds. The job's processes are forked into
+    its namespace; SIGKILL to it (from outside) ends them all. When the zygote dies, however it dies, the
+    kernel marks its robust mutexes owner-dead and wakes each init, which returns and exits: no init
+    outlives its zygote. Made while the zygote has no signal handler installed (see zygote.py), so
+    as the namespace's init it ignores every signal sent from inside; its memory cannot be read or
+    written from the job (not dumpable, and the job has no capabilities)."""
+
+    _STACK = 64 * 1024
+
+    def __init__(self) -> None:
+        self._mutex = ctypes.create_string_buffer(64)  # a pthread_mutex_t (40 bytes on x86-64, 48 on arm64)
+        self._stack = ctypes.create_string_buffer(self._STACK)
+        global _ROBUST_SHARED
+        if _ROBUST_SHARED is None:
+            _ROBUST_SHARED = _robust_shared_attr()
+        _pthread_check(_libc.pthread_mutex_init(self._mutex, _ROBUST_SHARED), "pthread_mutex_init")
+        _pthread_check(_libc.pthread_mutex_lock(self._mutex), "pthread_mutex_lock")
+        top = (ctypes.addressof(self._stack) + self._STACK - 64) & ~15
+        flags = CLONE_VM | CLONE_FILES | CLONE_NEWPID | signal.SIGCHLD  # the fd table shared: it holds no fd of its own
+        pid = _libc.clone(_MUTEX_LOCK, top, flags, ctypes.addressof(self._mutex))
+        if pid < 0:
+            err = ctypes.get_errno()
+            self.release()
+            raise OSError(err, f"clone of a PID namespace init: {os.strerror(err)}")
+        self.pid = pid
+
+    def release(self) -> None:
+        """Once the init is reaped: unlock (off this thread's robust list) and free its mutex and stack."""
+        if self._mutex is not None:
+            _libc.pthread_mutex_unlock(self._mutex)
+            _libc.pthread_mutex_destroy(self._mutex)
+            self._mutex = self._stack = None
+
+
+def _robust_shared_attr() -> ctypes.Array:
+    attr = ctypes.create_string_buffer(64)
+    _pthread_check(_libc.pthread_mutexattr_init(attr), "pthread_mutexattr_init")
+    _pthread_check(_libc.pthread_mutexattr_setrobust(attr, 1), "pthread_mutexattr_setrobust")  # PTHREAD_MUTEX_ROBUST
+    _pthread_check(_libc.pthread_mutexattr_setpshared(attr, 1), "pthread_mutexattr_setpshared")  # the kernel wakes shared futexes
+    return attr
+
+
+_ROBUST_SHARED: ctypes.Array | None = None  # the mutex attributes, made by the first JobInit
+
+
+def _pthread_check(rc: int, what: str) -> None:
+    if rc != 0:  # pthread functions return the error number
+        raise OSError(rc, f"{what}: {os.strerror(rc)}")
 
 
 def _bind(src: str, dst: str, flags: int = MS_RDONLY | MS_NOSUID | MS_NODEV) -> None:

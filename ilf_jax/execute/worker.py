@@ -32,6 +32,7 @@ PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bise
            "copy", "datetime", "decimal", "fractions", "statistics", "typing", "array", "cmath", "faulthandler",
            "random", "json", "linecache", "traceback", "ilf_jax.execute.program")
 _STDERR_TAIL = 600
+POLL_S, MAX_POLL_S = 0.02, 0.25  # how often a running job's CPU time is read: every 250 ms, more often near the limit
 _CLK = os.sysconf("SC_CLK_TCK")
 _UID_BASE = 1 << 20
 
@@ -84,8 +85,7 @@ def descendants(root: int) -> list[int]:
 
 def tree_cpu(root: int) -> float:
     """CPU seconds of `root` and every process below it, each with what it reaped, from /proc's
-    per-thread lists of children. Read by the worker when a job ends: exact, where the init's reports
-    (every 20-250 ms, which drive the limit) can be a report behind."""
+    per-thread lists of children (exact, and cheap for a job's few processes)."""
     ticks, todo = 0, [root]
     while todo:
         pid = todo.pop()
@@ -124,7 +124,7 @@ class Sandbox:
         self.status_r, status_w = os.pipe()
         life_r, self.life_w = os.pipe()
         theirs = [req_r, rep_w, out_w, err_w, status_w, life_r]
-        self.pidfd, self.pid, self.setup_error, self.sock = -1, 0, "", worker.zygote_sock
+        self.pidfd, self.pid, self.program_pid, self.setup_error, self.sock = -1, 0, 0, "", worker.zygote_sock
         try:
             zygote.ask(worker.zygote_sock, theirs, {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
         finally:
@@ -133,7 +133,8 @@ class Sandbox:
         self.asked = True
         self.status_buf = b""
         self.ready: bool | None = None
-        self.cpu, self.status = 0.0, None
+        self.program_cpu: float | None = None  # the program's CPU seconds, from the zygote once it has reaped it
+        self.status: int | None = None
         self.namespaces, self.own_uid = worker.namespaces, worker.own_uid
 
     def answered(self) -> None:
@@ -142,6 +143,7 @@ class Sandbox:
             self.asked = False
             reply, self.pidfd = zygote.answer(self.sock)
             self.pid = int(reply.get("pid") or 0)
+            self.program_pid = int(reply.get("program") or 0)
             self.setup_error = str(reply.get("error") or "")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -157,7 +159,8 @@ class Sandbox:
             self.ready, self.setup_error = False, self.setup_error or "the sandbox did not start"
 
     def read_status(self) -> bool:
-        """Take what the init wrote (R ready, F reason, C cpu seconds, S wait status); False at end of stream."""
+        """Take what the sandbox's side wrote (R ready, F why not, C the program's CPU seconds, S its wait
+        status; with namespaces the program writes R or F and the zygote the rest); False at end of stream."""
         chunk = os.read(self.status_r, 4096)
         if not chunk:
             return False
@@ -167,9 +170,10 @@ class Sandbox:
             if tag == b"R":
                 self.ready, buf = True, buf[1:]
             elif tag == b"F":
-                self.ready, self.setup_error, buf = False, buf[1:].decode("utf-8", "replace"), b""
+                self.ready, buf = False, b""
+                self.setup_error = self.setup_error or buf[1:].decode("utf-8", "replace")  # the zygote's reason first
             elif tag == b"C" and len(buf) >= 9:
-                self.cpu, buf = struct.unpack(">d", buf[1:9])[0], buf[9:]
+                self.program_cpu, buf = struct.unpack(">d", buf[1:9])[0], buf[9:]
             elif tag == b"S" and len(buf) >= 5:
                 self.status, buf = struct.unpack(">i", buf[1:5])[0], buf[5:]
             elif tag in (b"C", b"S"):
@@ -183,6 +187,14 @@ class Sandbox:
         """Read whatever the init has written so far, without waiting."""
         while select.select([self.status_r], [], [], 0)[0] and self.read_status():
             pass
+
+    def job_cpu(self) -> float:
+        """CPU seconds of the job's processes so far: the program (the zygote's figure once it reaped it) and
+        what is below the init (without namespaces, all of the job; with them, the orphans it inherited)."""
+        cpu = tree_cpu(self.pid) if self.pid else 0.0
+        if self.program_pid:
+            cpu += self.program_cpu if self.program_cpu is not None else tree_cpu(self.program_pid)
+        return cpu
 
     def end_processes(self) -> None:
         """SIGKILL every process of the job (the init last; it is pid 1 of the job's namespace when there is one)."""
@@ -416,16 +428,17 @@ class Supervisor:
     """The judge's transport to a job's program, and the job's watchdog.
 
     While the judge waits to send or receive, it drains the program's stdout/stderr (counting the
-    bytes), follows the CPU time the init reports, notices the program's exit and the caller going
-    away, and ends the job (raising `Stopped` into the judge) at the CPU, wall-clock or output limit.
+    bytes), reads the job's CPU time (only once a job has run 250 ms: most never do), notices the
+    program's exit and the caller going away, and ends the job (raising `Stopped` into the judge) at
+    the CPU, wall-clock or output limit.
     """
 
     def __init__(self, worker: Worker, box: Sandbox, start: float) -> None:
         self.worker, self.box, self.cfg = worker, box, worker.cfg
         self.deadline = start + self.cfg["wall_timeout"]
         self.out_cap = self.cfg["limits"]["output_kb"] * 1024
-        box.drain_status()
-        self.cpu0, self.cpu = box.cpu, 0.0
+        self.cpu = 0.0
+        self.cpu_check = time.monotonic() + min(MAX_POLL_S, self.cfg["timeout"] / 4)
         self.out_bytes, self.stderr = 0, b""
         self.stopped = ""
         self.buf = b""
@@ -448,7 +461,7 @@ class Supervisor:
         for fd in write:
             poller.register(fd, select.POLLOUT)
         poller.register(self.worker.proto_in, 0)  # hang-up only: the next job may already be waiting there
-        timeout_ms = max(0, int((self.deadline - time.monotonic()) * 1000) + 1)
+        timeout_ms = max(0, int((min(self.deadline, self.cpu_check) - time.monotonic()) * 1000) + 1)
         events = dict(poller.poll(timeout_ms))
         if events.get(self.worker.proto_in, 0) & (select.POLLHUP | select.POLLERR):
             self._stop("caller")
@@ -467,7 +480,10 @@ class Supervisor:
                 self.watched.remove(box.status_r)
             if box.status is not None:
                 box.end_processes()  # the program ended: nothing of the job may outlive it
-        self.cpu = box.cpu - self.cpu0
+        now = time.monotonic()
+        if now >= self.cpu_check:
+            self.cpu = max(self.cpu, box.job_cpu())
+            self.cpu_check = now + min(MAX_POLL_S, max(POLL_S, (self.cfg["timeout"] - self.cpu) / 4))
         ready_read, ready_write = [fd for fd in read if fd in r], w
         if ready_read or ready_write:  # the channel first: what the program answered before it went over
             return ready_read, ready_write  # a limit still counts (a prefetched call may run ahead)
@@ -513,7 +529,7 @@ class Supervisor:
     def finish(self) -> None:
         """The job's CPU time as it ends and what is left of stderr (a fault's report), without waiting."""
         self.box.drain_status()
-        self.cpu = max(self.cpu, self.box.cpu - self.cpu0, tree_cpu(self.box.pid) - self.cpu0 if self.box.pid else 0.0)
+        self.cpu = max(self.cpu, self.box.job_cpu())
         for _ in range(16):
             if self.box.err_r not in self.watched or not select.select([self.box.err_r], [], [], 0)[0]:
                 break

@@ -24,8 +24,6 @@ from typing import Any, NoReturn
 
 from ilf_jax.execute import isolation, program
 
-POLL_S, MAX_POLL_S = 0.02, 0.25
-_CLK = os.sysconf("SC_CLK_TCK")
 N_FDS = 6  # request read end, reply write end, stdout, stderr, status write end, lifeline read end
 _environment_home = ""  # the home of the environment _set_environment made in this process ("": none yet)
 
@@ -75,56 +73,140 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
     isolation.confine_children()
     faulthandler.enable()  # inherited: each program's fatal errors go to its fd 2, its stderr pipe (~0.08 ms a job)
     gc.freeze()
+    programs: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status write end) of each namespaced job's program
+    inits: dict[int, tuple[int, isolation.JobInit | None]] = {}  # pidfd -> (pid, JobInit or None: a forked init)
+    listen = sock.fileno()
     while True:
+        ready = select.select([listen, *programs, *inits], [], [])[0]
+        for fd in ready:
+            if fd in programs:
+                _report_exit(*programs.pop(fd))
+                os.close(fd)
+            elif fd in inits:
+                pid, init = inits.pop(fd)
+                os.waitpid(pid, 0)  # ended (the pidfd is readable): returns at once
+                if init is not None:
+                    init.release()
+                os.close(fd)
+        if listen not in ready:
+            continue
         msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, N_FDS)
         if not msg:
             return
-        _reap()
         request = json.loads(msg)
         error = root_error if request["namespaces"] else ""
-        if request["namespaces"] and not error:
-            try:
-                isolation.new_pid_namespace(own_pid_ns)
-            except OSError as e:
-                error = str(e)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                sock.close()
-                os.close(own_pid_ns)
-                _init(request, fds, cfg, request["namespaces"] and not error)
-            finally:
-                os._exit(0)
-        pidfd = os.pidfd_open(pid)  # before any reaping: it names this init, never a reused pid
-        for fd in fds:
-            os.close(fd)
-        socket.send_fds(sock, [json.dumps({"pid": pid, "error": error}).encode()], [pidfd])
-        os.close(pidfd)
+        made = _namespaced_job(request, fds, cfg, own_pid_ns, sock) if request["namespaces"] and not error else None
+        if isinstance(made, str):
+            error, made = made, None
+        if made is None:  # no namespaces (or they failed: the init says so, and the worker falls back)
+            made = _forked_init(request, fds, cfg, sock, own_pid_ns), None, -1, -1
+        init_pid, init, program_pid, program_fd = made
+        init_fd = os.pidfd_open(init_pid)  # before any reaping: it names this init, never a reused pid
+        inits[init_fd] = (init_pid, init)
+        for i, fd in enumerate(fds):
+            if not (program_fd >= 0 and i == _STATUS):
+                os.close(fd)
+        if program_fd >= 0:
+            programs[program_fd] = (program_pid, fds[_STATUS])
+        reply = {"pid": init_pid, "program": program_pid if program_fd >= 0 else 0, "error": error}
+        socket.send_fds(sock, [json.dumps(reply).encode()], [init_fd])
 
 
-def _reap() -> None:
-    """Collect the inits that have ended (they are our children)."""
-    while True:
+_STATUS = 4  # the index of the status pipe's write end in a request's fds
+
+
+def _namespaced_job(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], own_pid_ns: int,
+                    sock: socket.socket) -> tuple[int, isolation.JobInit, int, int] | str:
+    """A job's PID namespace (its init: a JobInit) and its program forked into it as pid 2, our child;
+    (init pid, init, program pid, program pidfd), or why the namespace could not be made."""
+    faulthandler.disable()  # the init copies our signal handlers: it must have none (see JobInit)
+    try:
+        init = isolation.JobInit()
+    except OSError as e:
+        return str(e)
+    finally:
+        faulthandler.enable()
+    try:
+        init_fd = os.pidfd_open(init.pid)
         try:
-            if not os.waitpid(-1, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
+            isolation.set_pid_namespace_for_children(init_fd)
+        finally:
+            os.close(init_fd)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    os.close(own_pid_ns)
+                    _namespaced_program(request, fds, cfg)
+                finally:
+                    os._exit(70)
+        finally:
+            isolation.set_pid_namespace_for_children(own_pid_ns)
+        return init.pid, init, pid, os.pidfd_open(pid)
+    except OSError as e:
+        _end_init(init)
+        return str(e)
 
 
-def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], namespaces: bool) -> NoReturn:
-    """The job's init: build the sandbox, fork the program, report its wait status, reap until told to go."""
+def _end_init(init: isolation.JobInit) -> None:
+    """Kill and reap an init whose job could not be made."""
+    os.kill(init.pid, signal.SIGKILL)
+    os.waitpid(init.pid, 0)
+    init.release()
+
+
+def _report_exit(pid: int, status_w: int) -> None:
+    """A namespaced job's program ended: reap it, tell the worker its CPU time (with what it reaped) and wait status."""
+    try:
+        _pid, status, usage = os.wait4(pid, 0)
+        os.write(status_w, b"C" + struct.pack(">d", usage.ru_utime + usage.ru_stime) + b"S" + struct.pack(">i", status))
+    except OSError:
+        pass  # the worker has gone from this job (closed its end): nothing to tell
+    finally:
+        os.close(status_w)
+
+
+def _namespaced_program(request: dict[str, Any], fds: list[int], cfg: dict[str, Any]) -> NoReturn:
+    """Pid 2 of the job's namespace: its own mount and IPC namespaces, /tmp and /proc, then the program."""
+    req_r, rep_w, out_w, err_w, status_w, life_r = fds
+    try:
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # with the zygote (confine sets it again)
+        isolation.enter_job_root(cfg["limits"]["output_kb"] + 1024, request["uid"])
+    except Exception as e:  # noqa: BLE001 - reported to the worker, which falls back
+        os.write(status_w, b"F" + f"{type(e).__name__}: {e}"[:500].encode())
+        os._exit(1)
+    os.write(status_w, b"R")
+    os.close(status_w)  # the zygote reports the exit: nothing the program runs can write there
+    os.close(life_r)
+    _program(req_r, rep_w, out_w, err_w, request, cfg)
+
+
+def _forked_init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], sock: socket.socket,
+                 own_pid_ns: int) -> int:
+    """Without namespaces: fork the job's init (a subreaper in the job's directory, which forks the program
+    and reports its exit) and return its pid. Asked for namespaces, it only reports that there are none."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sock.close()
+            os.close(own_pid_ns)
+            _init(request, fds, cfg)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any]) -> NoReturn:
+    """A job's init without namespaces: fork the program, report its wait status, reap until told to go."""
     req_r, rep_w, out_w, err_w, status_w, life_r = fds
     try:
         try:
             isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # with the zygote, so with the worker
-            if namespaces:
-                isolation.enter_job_root(cfg["limits"]["output_kb"] + 1024, request["uid"])
-            elif request["namespaces"]:
+            if request["namespaces"]:
                 raise OSError(0, "no namespaces for this sandbox")
-            else:
-                isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
-                os.chdir(request["dir"])
+            isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
+            os.chdir(request["dir"])
         except Exception as e:  # noqa: BLE001 - reported to the worker, which falls back
             os.write(status_w, b"F" + f"{type(e).__name__}: {e}"[:500].encode())
             os._exit(1)
@@ -136,7 +218,7 @@ def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], namespac
         for fd in (req_r, rep_w, out_w, err_w):
             os.close(fd)
         os.write(status_w, b"R")
-        _watch(pid, status_w, life_r, namespaces, cfg["timeout"])
+        _watch(pid, status_w, life_r)
     finally:
         os._exit(0)
 
@@ -150,29 +232,14 @@ def process_ticks(pid: int | str) -> int:
         return 0
 
 
-def job_cpu(namespaces: bool, program_pid: int) -> float:
-    """CPU seconds of the job: every process of its PID namespace (each with what it reaped), else the program's."""
-    pids = [p for p in os.listdir("/proc") if p.isdigit()] if namespaces else [str(program_pid)]
-    seconds = sum(process_ticks(pid) for pid in pids) / _CLK
-    if not namespaces:
-        t = os.times()
-        seconds += t.children_user + t.children_system
-    return seconds
-
-
-def _watch(pid: int, status_w: int, life_r: int, namespaces: bool, cfg_timeout: float) -> None:
-    """Report the job's CPU time as it grows and the program's wait status; reap orphans; end with the lifeline."""
+def _watch(pid: int, status_w: int, life_r: int) -> None:
+    """Report the program's wait status; reap orphans; end with the lifeline (the worker reads the CPU time)."""
     pidfd = os.pidfd_open(pid)
-    watched, last, limit = [pidfd, life_r], 0.0, cfg_timeout
+    watched = [pidfd, life_r]
     while True:
-        # poll often only near the CPU limit: an idle sandbox costs (almost) nothing
-        ready = select.select(watched, [], [], min(MAX_POLL_S, max(POLL_S, (limit - last) / 4)))[0]
+        ready = select.select(watched, [], [])[0]
         if life_r in ready:
             return
-        cpu = job_cpu(namespaces, pid)
-        if cpu != last:
-            os.write(status_w, b"C" + struct.pack(">d", cpu))
-            last = cpu
         while True:
             try:
                 child, status = os.waitpid(-1, os.WNOHANG)
