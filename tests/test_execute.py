@@ -213,3 +213,58 @@ def test_jobs_sharing_a_network_namespace_never_meet():
                       Job("probe_sees_a_live_socket", hold.replace("def f():\n    return 1\n", probe),
                           test_list=("assert f() == 'met'",))])
     assert [r.verdict for r in got] == ["passed", "passed", "passed"], got
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def test_sigkill_of_a_zygote_ends_every_job_init_and_program(tmp_path):
+    # Each job's init (pid 1 of its namespace) is a clone blocked on a robust mutex its zygote holds: however
+    # the zygote dies, the kernel wakes every init, and each namespace ends with everything in it.
+    import signal
+    import threading
+    import time
+
+    marker = str(tmp_path / "marker")  # carried in the config, so in every process the worker starts
+    sleeper = "import time\ntime.sleep(3)\n" + RIGHT
+    with Executor(workers=1, timeout=3.0, hide=(marker,)) as ex:
+        if not ex.isolated:
+            pytest.skip("no namespaces on this kernel: " + ex.isolation)
+        worker = ex._slots[0].proc.pid
+        got: list = []
+        runner = threading.Thread(target=lambda: got.extend(ex.run([Job("s", sleeper, test_list=("assert f(1) == 2",))])))
+        runner.start()
+        deadline = time.monotonic() + 30
+        while len(_ours(marker)) < 5 and time.monotonic() < deadline:  # worker, zygote, 2 inits, the program
+            time.sleep(0.02)
+        zygote = [p for p in _ours(marker) if _ppid(p) == worker]
+        assert len(zygote) == 1, zygote
+        jobs = [p for p in _ours(marker) if _ppid(p) == zygote[0]]  # the inits (the spare's too) and the program
+        assert len(jobs) >= 3, jobs
+        os.kill(zygote[0], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while set(jobs) & set(_ours(marker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(jobs) & set(_ours(marker))
+        runner.join()
+    assert len(got) == 1 and not got[0].passed, got
+
+
+def test_signals_to_the_job_init_change_nothing():
+    # The init has no signal handlers, so as its namespace's init it ignores whatever the job sends it; the
+    # next job's fatal-error report (faulthandler, installed in the zygote the init shares memory with) still works.
+    signals = "import os, signal\nfor s in (11, 6, 7, 4, 8, 15, 2, 10, 1, 14):\n    try:\n        os.kill(1, s)\n" \
+              "    except PermissionError:\n        pass\n"
+    segfault = "import ctypes\nctypes.string_at(0)\n" + RIGHT
+    with Executor(workers=1, timeout=3.0) as ex:
+        if not ex.isolated:
+            pytest.skip("no namespaces on this kernel: " + ex.isolation)
+        got = ex.run([Job("signals", signals + RIGHT, test_list=("assert f(1) == 2",)),
+                      Job("segfault", segfault, test_list=("assert f(1) == 2",))])
+    assert got[0].verdict == "passed", got[0]
+    assert got[1].verdict == "crash" and "SIGSEGV" in got[1].error, got[1]
+    assert " line " in got[1].error.split("\nstderr: ", 1)[1], got[1]  # the traceback faulthandler wrote

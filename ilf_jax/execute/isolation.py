@@ -1,7 +1,7 @@
 """Kernel isolation for one job (Linux, through libc): namespaces, a private read-only root, limits, no privileges.
 
-`new_pid_namespace` (in the zygote, before it forks the job's init) and `enter_job_root` (in the
-init) give the job new PID, mount and IPC namespaces; `build_template` (once, in the zygote) gives
+`JobInit` (in the zygote: pid 1 of the job's new PID namespace) and `enter_job_root` (in the job's
+program process) give the job new PID, mount and IPC namespaces; `build_template` (once, in the zygote) gives
 the worker's jobs an empty network namespace, no interface up, which they occupy one at a time
 (made once, not per job: a fresh one per job cost ~0.7 ms of kernel-thread CPU a job, measured, and
 a job without capabilities can leave nothing in it), and pivots into a fresh root: read-only
@@ -171,8 +171,8 @@ def build_template(binds: list[str], hide: list[str]) -> None:
 
 
 def enter_job_root(tmpfs_kb: int, uid: int) -> None:
-    """In a job's init (pid 1 of its PID namespace, in the zygote's root and network namespace): new
-    mount and IPC namespaces, a private tmpfs of `tmpfs_kb` on /tmp (WORK_DIR in it belongs to `uid`), a fresh /proc."""
+    """In a job's program process (pid 2 of its PID namespace, in the zygote's root and network namespace):
+    new mount and IPC namespaces, a private tmpfs of `tmpfs_kb` on /tmp (WORK_DIR in it belongs to `uid`), a fresh /proc."""
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
     mount("ilf-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(tmpfs_kb, 64)}k,mode=1777")
     os.mkdir(WORK_DIR, 0o700)
@@ -206,9 +206,9 @@ def confine_children() -> None:
 
 
 def confine(limits: dict[str, int], uid: int | None, pid_namespace: bool) -> None:
-    """Own session, rlimits, an unprivileged uid of its own (when root), no capabilities, death with the
+    """Own process group, rlimits, an unprivileged uid of its own (when root), no capabilities, death with the
     parent (the program process's last step as root; confine_children was done in the zygote)."""
-    os.setsid()
+    os.setpgid(0, 0)  # its own process group: kill(0, ...) reaches only the job (setsid also made a scheduler autogroup)
     mb = 1024 * 1024
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2)

@@ -147,7 +147,7 @@ class Sandbox:
             self.setup_error = str(reply.get("error") or "")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Read the init's first word: ready, or the reason the sandbox could not be built."""
+        """Read the sandbox's first word: ready, or the reason the sandbox could not be built."""
         self.answered()
         deadline = time.monotonic() + timeout
         while self.ready is None and time.monotonic() < deadline:
@@ -179,12 +179,12 @@ class Sandbox:
             elif tag in (b"C", b"S"):
                 break
             else:
-                raise RuntimeError(f"unexpected status byte {tag!r} from a sandbox init")
+                raise RuntimeError(f"unexpected status byte {tag!r} from a sandbox")
         self.status_buf = buf
         return True
 
     def drain_status(self) -> None:
-        """Read whatever the init has written so far, without waiting."""
+        """Read whatever the sandbox's side has written so far, without waiting."""
         while select.select([self.status_r], [], [], 0)[0] and self.read_status():
             pass
 
@@ -225,7 +225,7 @@ class Sandbox:
         if self.pidfd >= 0:
             self.end_processes()
             if wait:
-                select.select([self.pidfd], [], [], 10.0)  # readable once the init has exited
+                wait_exited(self.pidfd)
                 os.close(self.pidfd)
             else:
                 left = self.pidfd
@@ -241,6 +241,27 @@ class Sandbox:
             remove_tree(self.dir)
             self.dir = None
         return left
+
+
+def wait_exited(pidfd: int, timeout: float = 10.0) -> None:
+    """Wait (at most `timeout`) until the process behind `pidfd` has exited. Meanwhile reap whatever ended
+    among our children: a job's init exits only once every process of its namespace is reaped, and when
+    the zygote died its programs were re-parented to us (the subreaper)."""
+    deadline = time.monotonic() + timeout
+    while not select.select([pidfd], [], [], min(0.05, max(0.0, deadline - time.monotonic())))[0]:
+        reap_children()
+        if time.monotonic() >= deadline:
+            return
+
+
+def reap_children() -> None:
+    """Reap every child of ours that has ended, without waiting."""
+    while True:
+        try:
+            if not os.waitpid(-1, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
 
 
 def _sigkill(pid: int) -> None:
@@ -316,15 +337,6 @@ class Worker:
             _import_now()
         raise RuntimeError("the sandbox could not be built")
 
-    def _reap_strays(self) -> None:
-        """Without a PID namespace, a job's orphans may end up as our children (a subreaper): reap them."""
-        while True:
-            try:
-                pid = os.waitpid(-1, os.WNOHANG)[0]
-            except ChildProcessError:
-                return
-            if not pid:
-                return
 
     def bury(self, wait: bool = False) -> None:
         """Release the ended jobs' pipes and directories. Their processes are dead (SIGKILL) but may still
@@ -335,7 +347,7 @@ class Worker:
                 self.exiting.append(left)
         for fd in list(self.exiting):
             if wait or select.select([fd], [], [], 0)[0]:
-                select.select([fd], [], [], 10.0)
+                wait_exited(fd)
                 os.close(fd)
                 self.exiting.remove(fd)
 
@@ -365,8 +377,8 @@ class Worker:
             return {"verdict": "harness_error", "error": f"HarnessError: {type(e).__name__}: {e}"[:500],
                     "duration_s": round(time.monotonic() - start, 4), "cpu_s": 0.0, "isolation": self.isolation}
         finally:
-            if not self.namespaces:
-                self._reap_strays()
+            if not self.namespaces:  # a job's orphans may end up as our children (a subreaper)
+                reap_children()
 
     def _run(self, job: dict[str, Any], start: float, prefetch: bool = True) -> dict[str, Any]:
         box = self.take_sandbox()
@@ -558,8 +570,8 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)  # the zygote and each job's init inherit it (fork copies it)
-    isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # each job's init is re-parented to us
+    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)  # the zygote, each job init (same memory) and program inherit it
+    isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # what the zygote leaves (its inits, programs) comes to us
     _preload()
     worker = Worker(cfg, proto_in, proto_out)  # forks the zygote: before any job data, before pytest
     judge_bytes = cfg["judge_memory_mb"] << 20

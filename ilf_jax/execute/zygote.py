@@ -1,12 +1,14 @@
 """The zygote: forked by a worker before any job arrives, it makes each job's sandbox ahead of time.
 
-Asked over a unix socket (with the job's pipe ends passed as file descriptors), it forks the job's
-init as pid 1 of a new PID namespace and hands the worker a pidfd of it. The zygote itself lives in
-the jobs' read-only root and empty network namespace (isolation.build_template); the init enters new
-mount and IPC namespaces, mounts its private /tmp and /proc, forks the program process, which
-confines itself (own uid, limits, no capabilities) and waits for the judge's `load`, and then
-reports the job's CPU time and the program's exit. The zygote never holds a program, a test or a
-result, so no job's sandbox starts with another job's data in its memory.
+Asked over a unix socket (with the job's pipe ends passed as file descriptors), it makes the job's
+PID namespace, whose init is an isolation.JobInit (a clone of the zygote that runs no Python), and
+forks the program process into it as pid 2; the worker gets a pidfd of the init. The zygote itself
+lives in the jobs' read-only root and empty network namespace (isolation.build_template); the program
+process enters new mount and IPC namespaces, mounts its private /tmp and /proc, confines itself (own
+uid, limits, no capabilities) and waits for the judge's `load`. The zygote reaps it and reports its
+wait status and CPU time. The zygote never holds a program, a test or a result, so no job's sandbox
+starts with another job's data in its memory. Without namespaces it forks a Python init instead (a
+subreaper in the job's directory), which forks the program and reports its exit.
 """
 
 from __future__ import annotations
