@@ -195,9 +195,14 @@ class Executor:
             self._jobs.put(None)
         for t in self._threads:
             t.join()
-        for w in self._slots:
-            if w is not None:
-                w.stop()
+        live = [w for w in self._slots if w is not None]
+        for w in live:  # all told at once: they clean up side by side
+            try:
+                w.proc.stdin.close()
+            except OSError:
+                pass
+        for w in live:
+            w.stop()
         self._threads, self._slots = [], []
         self._started = False
 

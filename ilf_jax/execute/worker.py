@@ -594,6 +594,7 @@ def main() -> None:
         pass
     finally:
         worker.close()
+    os._exit(0)  # nothing left to flush: skip the interpreter's teardown (~10 ms a worker)
 
 
 if __name__ == "__main__":
