@@ -135,14 +135,7 @@ def _namespaced_job(request: dict[str, Any], fds: list[int], cfg: dict[str, Any]
         finally:
             os.close(init_fd)
         try:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    sock.close()
-                    os.close(own_pid_ns)
-                    _namespaced_program(request, fds, cfg)
-                finally:
-                    os._exit(70)
+            pid = _fork(lambda: _namespaced_program(request, fds, cfg), sock, own_pid_ns)
         finally:
             isolation.set_pid_namespace_for_children(own_pid_ns)
         return init.pid, init, pid, os.pidfd_open(pid)
@@ -188,14 +181,19 @@ def _forked_init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], s
                  own_pid_ns: int) -> int:
     """Without namespaces: fork the job's init (a subreaper in the job's directory, which forks the program
     and reports its exit) and return its pid. Asked for namespaces, it only reports that there are none."""
+    return _fork(lambda: _init(request, fds, cfg), sock, own_pid_ns)
+
+
+def _fork(body: Any, sock: socket.socket, own_pid_ns: int) -> int:
+    """Fork a child that drops the zygote's own fds and runs `body` (which never returns); the child's pid."""
     pid = os.fork()
     if pid == 0:
         try:
             sock.close()
             os.close(own_pid_ns)
-            _init(request, fds, cfg)
+            body()
         finally:
-            os._exit(0)
+            os._exit(70)
     return pid
 
 
