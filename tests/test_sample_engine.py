@@ -131,6 +131,7 @@ def test_ring_cache_decode_matches_full_forward(model):
     prefill = jax.jit(functools.partial(sl.prefill_prompt, st=st))
     place = jax.jit(functools.partial(sl.place, st=st))
     step = jax.jit(functools.partial(sl.decode_step, st=st))
+    head = sl.decode_head(params, st)
     rng = np.random.default_rng(0)
     prompts = [list(map(int, rng.integers(1, config.vocab_size, size=n))) for n in (5, 9, 3)]
     admit = {0: 0, 4: 1, 9: 2}  # step -> the prompt placed into slot i just before it
@@ -149,7 +150,7 @@ def test_ring_cache_decode_matches_full_forward(model):
         if t == 10:  # slot 0 would outgrow 16 columns at the next step
             cache = [{k: sl.resize_layer(v, state.col, 48) for k, v in layer.items()} for layer in state.cache]
             state = state.replace(cache=cache, col=jnp.zeros((), jnp.int32))
-        state, token, logits = step(params, state, tables)
+        state, token, logits = step(params, state, tables, head)
         for i in seqs:
             seqs[i].append(int(token[i]))
             seen[i].append(np.asarray(logits[i]))

@@ -3,13 +3,13 @@
 Rows (a prompt's samples) wait in input order. Before each chunk the host admits waiting rows
 into free slots: a prompt is prefilled once, when its first sample is admitted (its KV stays on
 device until its last sample is placed), and `place` copies that KV into each sample's slot.
-One `decode_chunk` then runs up to k steps over all slots; it ends early once enough slots have
-finished for the waiting rows. The host fetches the chunk's tokens and done masks, retires the
+One `decode_chunk` then runs up to k steps over all slots; it ends early once a sixteenth of the
+slots (at least one, at most the waiting rows) is free for waiting rows. The host fetches the chunk's tokens and done masks, retires the
 finished rows, and picks the next chunk's cache length: the smallest bucket (`cache_bucket`)
 that holds every live row for k more steps, so decode reads about as much cache as the live
 rows hold. Once no row is waiting and at most half the slots are live, the live rows move into
-half as many slots, down to a quarter of them (the tail of a call costs less per step, for at most
-two more compilations per cache length). While a chunk runs, the host hands
+half as many slots, down to a sixteenth of them (the tail of a call costs less per step, for at
+most four more compilations per cache length). While a chunk runs, the host hands
 the rows that finished before it to the caller.
 
 Multi-process: every process runs the same schedule; its decisions depend only on fetched
@@ -33,6 +33,9 @@ from ilf_jax.parallel.distributed import fetch, put_global
 from ilf_jax.model.common import cache_bucket
 from ilf_jax.parallel.sharding import Rules, batch_sharding, constrainer, logical_sharding, replicated
 from ilf_jax.sample import slots as sl
+
+EXIT_SHARE = 16  # a chunk ends once this share (1/EXIT_SHARE) of the slots is free for waiting rows
+TAIL_SHARE = 16  # the tail compacts the live rows down to 1/TAIL_SHARE of the slots at the least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,10 +148,18 @@ class Engine:
         rows = sl.Placement(np.int32(job.prompt_len), ids, np.uint32(seed % (1 << 32)), np.int32(job.key_id), samples, limits)
         return fn(slots, kv, logits, self._put(rows), self.tables)
 
+    def _head(self, st: sl.Static) -> tuple[Any, Any]:
+        """The decode steps' LM head (`slots.decode_head`), computed once per model layout and kept."""
+        key = ("head", st.config, st.head_rows)
+        if key not in self._fns:
+            self._fns[key] = jax.jit(functools.partial(sl.decode_head, st=st))(self.params)
+        return self._fns[key]
+
     def _chunk(self, st: sl.Static, slots: sl.Slots, steps: int, exit_free: int) -> tuple[sl.Slots, Any, Any]:
         n, length = slots.done.shape[0], slots.cache[0]["k"].shape[2]
         rep = None if self.mesh is None else replicated(self.mesh)
         shardings = self._slot_shardings(st, n, length)
+        head = self._head(st)
         if self.debug:  # the same step function, called from a Python loop
             step = self._jit(("step", st, n, length), lambda: jax.jit(
                 functools.partial(sl.decode_step, st=st), donate_argnums=1,
@@ -156,7 +167,7 @@ class Engine:
             cont = self._jit(("continues", steps), lambda: jax.jit(lambda i, s, free: sl.chunk_continues(i, s, steps, free)))
             out, i = [], 0
             while bool(fetch(cont(self._put(np.int32(i)), slots, self._put(np.int32(exit_free))))):
-                slots, token, _ = step(self.params, slots, self.tables)
+                slots, token, _ = step(self.params, slots, self.tables, head)
                 out.append(token)
                 i += 1
             tokens = np.full((n, steps), st.eos_id, np.int32)
@@ -166,7 +177,7 @@ class Engine:
         fn = self._jit(("chunk", st, n, length, steps), lambda: jax.jit(
             functools.partial(sl.decode_chunk, st=st, steps=steps), donate_argnums=1,
             out_shardings=None if rep is None else (shardings, batch_sharding(self.mesh, 2, self.rules), rep)))
-        return fn(self.params, slots, self.tables, self._put(np.int32(exit_free)))
+        return fn(self.params, slots, self.tables, head, self._put(np.int32(exit_free)))
 
     def _resize(self, st: sl.Static, slots: sl.Slots, length: int) -> sl.Slots:
         """The ring moved into `length` columns, one cache array at a time (each old one dropped once moved)."""
@@ -234,7 +245,7 @@ class Engine:
                 break
             if not admits and current is None and not queue:  # the tail: fewer slots once half are idle
                 half = n_slots // 2
-                while half % shards == 0 and half >= max(len(live), 1, start_slots // 4):
+                while half % shards == 0 and half >= max(len(live), 1, start_slots // TAIL_SHARE):
                     index = live + [i for i in range(n_slots) if row[i] is None][: half - len(live)]
                     slots = self._compact(st, slots, index)
                     row, tokens, num = [row[i] for i in index], [tokens[i] for i in index], num[index]
@@ -268,7 +279,7 @@ class Engine:
                     kv = None  # the prompt's last sample is placed
             waiting = (len(current.limits) - next_sample if current is not None else 0) + sum(len(j.limits) for j in queue)
             busy = sum(r is not None for r in row)
-            exit_free = n_slots + 1 if not waiting else (n_slots - busy) + max(1, min(waiting, n_slots // 4))
+            exit_free = n_slots + 1 if not waiting else (n_slots - busy) + max(1, min(waiting, n_slots // EXIT_SHARE))
             slots, out, ran = self._chunk(st, slots, steps, exit_free)
             lengths.append(length)
             n_chunks += 1

@@ -173,19 +173,19 @@ def decode_head(params: Any, st: Static) -> tuple[jax.Array, jax.Array | None]:
     """The LM head a decode step multiplies by: (kernel, bias), the kernel as [V, E] rows with `st.head_rows`.
 
     On CPU a [slots, E] x [V, E]^T product streams the vocabulary's weights about 1.5x faster than
-    [slots, E] x [E, V] (the whole LM head is read every step); the rows are materialised once per
-    chunk (the barrier keeps XLA from folding the transpose back into the product).
+    [slots, E] x [E, V] (the whole LM head is read every step). The engine materialises the rows once
+    per model (a transpose of the LM head costs about a decode step) and passes them to every chunk.
     """
     kernel, bias = lm_head(params, st.config)
-    return (jax.lax.optimization_barrier(kernel.T) if st.head_rows else kernel), bias
+    return (kernel.T if st.head_rows else kernel), bias
 
 
 def decode_step(
-    params: Any, slots: Slots, tables: dict[str, jax.Array], st: Static, head: tuple[jax.Array, jax.Array | None] | None = None
+    params: Any, slots: Slots, tables: dict[str, jax.Array], head: tuple[jax.Array, jax.Array | None], st: Static
 ) -> tuple[Slots, jax.Array, jax.Array]:
     """Feed every slot's last token at column `col` and draw the next: (slots, tokens [S], logits [S, V]).
 
-    `head` is `decode_head(params, st)`, computed here when not given."""
+    `head` is `decode_head(params, st)`."""
     length = slots.cache[0]["k"].shape[2]
     behind = (slots.col - jnp.arange(length)) % length  # 0 at `col`, 1 just before it, ...
     mask = behind[None, :] <= slots.length[:, None]
@@ -200,7 +200,7 @@ def decode_step(
         constrain=st.constrain,
         hidden_only=True,
     )
-    kernel, bias = decode_head(params, st) if head is None else head
+    kernel, bias = head
     logits = st.constrain(lm_head_logits(hidden[:, 0], kernel, bias, st.config, rows=st.head_rows), ("act_batch", "act_vocab"))
     token = draw(logits, slots.keys, slots.num, st.policy)
     token, done, num, after_nl, reason, live = advance(token, slots.done, slots.num, slots.limit, slots.after_nl, slots.reason, tables, st)
@@ -224,15 +224,17 @@ def chunk_continues(step: jax.Array, slots: Slots, steps: int, exit_free: jax.Ar
 
 
 def decode_chunk(
-    params: Any, slots: Slots, tables: dict[str, jax.Array], exit_free: jax.Array, st: Static, steps: int
+    params: Any, slots: Slots, tables: dict[str, jax.Array], head: tuple[jax.Array, jax.Array | None], exit_free: jax.Array,
+    st: Static, steps: int
 ) -> tuple[Slots, jax.Array, jax.Array]:
-    """Up to `steps` decode steps in a `lax.while_loop`: (slots, tokens [S, steps] (EOS-filled), steps run)."""
+    """Up to `steps` decode steps in a `lax.while_loop`: (slots, tokens [S, steps] (EOS-filled), steps run).
+
+    `head` is `decode_head(params, st)`."""
     out = jnp.full((slots.done.shape[0], steps), st.eos_id, jnp.int32)
-    head = decode_head(params, st)
 
     def body(carry):
         i, s, out = carry
-        s, token, _ = decode_step(params, s, tables, st, head)
+        s, token, _ = decode_step(params, s, tables, head, st)
         return i + 1, s, jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
 
     i, slots, out = jax.lax.while_loop(lambda c: chunk_continues(c[0], c[1], steps, exit_free), body, (jnp.zeros((), jnp.int32), slots, out))
