@@ -122,16 +122,17 @@ def test_sharded_engine_equals_static_sampler(model, oracle, shape):
     assert len(leaf.sharding.device_set) == 8
 
 
-def test_ring_cache_decode_matches_full_forward(model):
+@pytest.mark.parametrize("head_rows", [False, True])
+def test_ring_cache_decode_matches_full_forward(model, head_rows):
     """Rows placed at different times, across the ring's wrap, over a resize: each step's logits are
-    those of a full forward over the row's prompt and tokens so far."""
+    those of a full forward over the row's prompt and tokens so far (LM head as [E, V] or as rows)."""
     config, params, _ = model
-    st = sl.Static(config, Policy(temperature=0.0), max_new_tokens=30, eos_id=-1, stop_rule=False)
+    st = sl.Static(config, Policy(temperature=0.0), max_new_tokens=30, eos_id=-1, stop_rule=False, head_rows=head_rows)
     tables = StopTables.from_texts([], config.vocab_size).device()
     prefill = jax.jit(functools.partial(sl.prefill_prompt, st=st))
     place = jax.jit(functools.partial(sl.place, st=st))
     step = jax.jit(functools.partial(sl.decode_step, st=st))
-    head = sl.decode_head(params, st)
+    head = sl.decode_head(params, st)  # given on odd steps; computed in the step (None) on even ones
     rng = np.random.default_rng(0)
     prompts = [list(map(int, rng.integers(1, config.vocab_size, size=n))) for n in (5, 9, 3)]
     admit = {0: 0, 4: 1, 9: 2}  # step -> the prompt placed into slot i just before it
@@ -150,7 +151,7 @@ def test_ring_cache_decode_matches_full_forward(model):
         if t == 10:  # slot 0 would outgrow 16 columns at the next step
             cache = [{k: sl.resize_layer(v, state.col, 48) for k, v in layer.items()} for layer in state.cache]
             state = state.replace(cache=cache, col=jnp.zeros((), jnp.int32))
-        state, token, logits = step(params, state, tables, head)
+        state, token, logits = step(params, state, tables, head if t % 2 else None)
         for i in seqs:
             seqs[i].append(int(token[i]))
             seen[i].append(np.asarray(logits[i]))

@@ -148,9 +148,12 @@ class Engine:
         rows = sl.Placement(np.int32(job.prompt_len), ids, np.uint32(seed % (1 << 32)), np.int32(job.key_id), samples, limits)
         return fn(slots, kv, logits, self._put(rows), self.tables)
 
-    def _head(self, st: sl.Static) -> tuple[Any, Any]:
-        """The decode steps' LM head (`slots.decode_head`), computed once per model layout and kept."""
-        key = ("head", st.config, st.head_rows)
+    def _head(self, st: sl.Static) -> sl.Head | None:
+        """The LM head's rows (`slots.decode_head`), computed once per model and kept, when the steps use
+        rows (CPU); None otherwise: the steps read the kernel in place (no copy of it on an accelerator)."""
+        key = ("head", st.config)
+        if not st.head_rows:
+            return None
         if key not in self._fns:
             self._fns[key] = jax.jit(functools.partial(sl.decode_head, st=st))(self.params)
         return self._fns[key]

@@ -174,18 +174,22 @@ def decode_head(params: Any, st: Static) -> tuple[jax.Array, jax.Array | None]:
 
     On CPU a [slots, E] x [V, E]^T product streams the vocabulary's weights about 1.5x faster than
     [slots, E] x [E, V] (the whole LM head is read every step). The engine materialises the rows once
-    per model (a transpose of the LM head costs about a decode step) and passes them to every chunk.
+    per model (a transpose of the LM head costs about a decode step) and passes them to every chunk;
+    without `head_rows` the steps compute it themselves, and XLA folds it into the product (no copy).
     """
     kernel, bias = lm_head(params, st.config)
     return (kernel.T if st.head_rows else kernel), bias
 
 
+Head = tuple[jax.Array, jax.Array | None]
+
+
 def decode_step(
-    params: Any, slots: Slots, tables: dict[str, jax.Array], head: tuple[jax.Array, jax.Array | None], st: Static
+    params: Any, slots: Slots, tables: dict[str, jax.Array], head: Head | None, st: Static
 ) -> tuple[Slots, jax.Array, jax.Array]:
     """Feed every slot's last token at column `col` and draw the next: (slots, tokens [S], logits [S, V]).
 
-    `head` is `decode_head(params, st)`."""
+    `head` is `decode_head(params, st)` computed beforehand, or None to compute it here."""
     length = slots.cache[0]["k"].shape[2]
     behind = (slots.col - jnp.arange(length)) % length  # 0 at `col`, 1 just before it, ...
     mask = behind[None, :] <= slots.length[:, None]
@@ -200,7 +204,7 @@ def decode_step(
         constrain=st.constrain,
         hidden_only=True,
     )
-    kernel, bias = head
+    kernel, bias = decode_head(params, st) if head is None else head
     logits = st.constrain(lm_head_logits(hidden[:, 0], kernel, bias, st.config, rows=st.head_rows), ("act_batch", "act_vocab"))
     token = draw(logits, slots.keys, slots.num, st.policy)
     token, done, num, after_nl, reason, live = advance(token, slots.done, slots.num, slots.limit, slots.after_nl, slots.reason, tables, st)
@@ -224,12 +228,11 @@ def chunk_continues(step: jax.Array, slots: Slots, steps: int, exit_free: jax.Ar
 
 
 def decode_chunk(
-    params: Any, slots: Slots, tables: dict[str, jax.Array], head: tuple[jax.Array, jax.Array | None], exit_free: jax.Array,
-    st: Static, steps: int
+    params: Any, slots: Slots, tables: dict[str, jax.Array], head: Head | None, exit_free: jax.Array, st: Static, steps: int
 ) -> tuple[Slots, jax.Array, jax.Array]:
     """Up to `steps` decode steps in a `lax.while_loop`: (slots, tokens [S, steps] (EOS-filled), steps run).
 
-    `head` is `decode_head(params, st)`."""
+    `head` as for `decode_step`."""
     out = jnp.full((slots.done.shape[0], steps), st.eos_id, jnp.int32)
 
     def body(carry):
