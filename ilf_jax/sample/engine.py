@@ -4,8 +4,8 @@ Rows (a prompt's samples) wait in input order. Before each chunk the host admits
 into free slots: a prompt is prefilled once, when its first sample is admitted (its KV stays on
 device until its last sample is placed), and `place` copies that KV into each sample's slot.
 One `decode_chunk` then runs up to k steps over all slots; it ends early once a sixteenth of the
-slots (at least one, at most the waiting rows) is free for waiting rows. The host fetches the chunk's tokens and done masks, retires the
-finished rows, and picks the next chunk's cache length: the smallest bucket (`cache_bucket`)
+slots (at least one, at most the waiting rows) is free for waiting rows. The host fetches the
+chunk's tokens and done masks, retires the finished rows, and picks the next chunk's cache length: the smallest bucket (`cache_bucket`)
 that holds every live row for k more steps, so decode reads about as much cache as the live
 rows hold. Once no row is waiting and at most half the slots are live, the live rows move into
 half as many slots, down to a sixteenth of them (the tail of a call costs less per step, for at
@@ -151,9 +151,9 @@ class Engine:
     def _head(self, st: sl.Static) -> sl.Head | None:
         """The LM head's rows (`slots.decode_head`), computed once per model and kept, when the steps use
         rows (CPU); None otherwise: the steps read the kernel in place (no copy of it on an accelerator)."""
-        key = ("head", st.config)
         if not st.head_rows:
             return None
+        key = ("head", st.config)
         if key not in self._fns:
             self._fns[key] = jax.jit(functools.partial(sl.decode_head, st=st))(self.params)
         return self._fns[key]

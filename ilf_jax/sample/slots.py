@@ -169,7 +169,10 @@ def place(slots: Slots, kv: Cache, logits: jax.Array, rows: Placement, tables: d
     return slots, token
 
 
-def decode_head(params: Any, st: Static) -> tuple[jax.Array, jax.Array | None]:
+Head = tuple[jax.Array, jax.Array | None]  # (kernel, bias) of the LM head as a decode step multiplies by it
+
+
+def decode_head(params: Any, st: Static) -> Head:
     """The LM head a decode step multiplies by: (kernel, bias), the kernel as [V, E] rows with `st.head_rows`.
 
     On CPU a [slots, E] x [V, E]^T product streams the vocabulary's weights about 1.5x faster than
@@ -179,9 +182,6 @@ def decode_head(params: Any, st: Static) -> tuple[jax.Array, jax.Array | None]:
     """
     kernel, bias = lm_head(params, st.config)
     return (kernel.T if st.head_rows else kernel), bias
-
-
-Head = tuple[jax.Array, jax.Array | None]
 
 
 def decode_step(
