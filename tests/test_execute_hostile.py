@@ -114,6 +114,21 @@ CASES = [
     ("tampered_isinstance", WRONG + "import builtins\nbuiltins.isinstance = lambda *a: True", {"failed"}),
     ("cleared_builtins", WRONG + "import builtins\nbuiltins.__dict__.clear()", {"failed"}),
     ("replaced_module_builtins", WRONG + "__builtins__ = {}", {"failed"}),
+    # a right program that breaks builtins the program process's own loop uses, at load and in every call
+    ("right_breaks_builtins", D("""
+        import builtins
+        builtins.type = builtins.len = builtins.isinstance = lambda *a: 0
+        def f(x):
+            builtins.type = builtins.list = builtins.id = lambda *a: None
+            del builtins.len
+            return x + 1
+        """), {"passed"}),
+    ("right_clears_builtins", D("""
+        import builtins
+        def f(x, _clear=builtins.__dict__.clear):
+            _clear()
+            return x + 1
+        """), {"passed"}),
     ("patched_os_exit", WRONG + "import os\nos._exit = lambda code: None\nos.write = lambda *a: 0", {"failed"}),
     ("segfault_ctypes", "import ctypes\nctypes.string_at(0)", {"crash"}),
     ("abort", "import os\nos.abort()", {"crash"}),

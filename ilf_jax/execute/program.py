@@ -168,14 +168,20 @@ class Server:
         loop (not the verdict: that is the judge's) keeps working whatever the program did.
         """
         exit_, settrace, setprofile = os._exit, sys.settrace, sys.setprofile
-        saved = dict(vars(builtins))
-        clear, update = vars(builtins).clear, vars(builtins).update
+        live = vars(builtins)
+        saved = dict(live)
+        clear, update = live.clear, live.update
 
         def restore() -> None:
             settrace(None)
             setprofile(None)
-            clear()
-            update(saved)
+            try:  # (a program's object in builtins may answer this: then it only misleads its own loop)
+                untouched = live == saved
+            except BaseException:  # noqa: BLE001
+                untouched = False
+            if not untouched:  # only then: renewing the dict costs every builtin lookup cached after it
+                clear()  # (measured: ~4% of the executor's CPU on MBPP when done after every turn)
+                update(saved)
 
         try:
             msg = wire.recv(self.req_fd)
