@@ -16,46 +16,64 @@ import builtins
 import functools
 from typing import Any, Iterator
 
-_STOP = (ast.BoolOp, ast.IfExp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
-         ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom, ast.Starred)
+_STOP = frozenset({ast.BoolOp, ast.IfExp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+                   ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom, ast.Starred})  # (the parser makes exact types)
 _SAFE_BUILTINS = frozenset({"abs", "all", "any", "bool", "dict", "float", "frozenset", "int", "isinstance", "len",
                             "list", "max", "min", "repr", "round", "set", "sorted", "str", "sum", "tuple", "type"})
 
 
-def _walk(tree: ast.AST, parents: dict[int, ast.AST] | None = None) -> Iterator[ast.AST]:
-    """Every node of `tree`, each after its parent (as ast.walk, in a cheaper order); records parents if asked."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
+_LEAVES = frozenset({ast.Constant, ast.Name})  # nodes without children (but a ctx)
+
+
+def _nodes(tree: ast.AST, parents: dict[int, ast.AST] | None = None) -> list[ast.AST]:
+    """Every node of `tree`, each after its parent (breadth first); records parents if asked.
+    (A list, not a generator like ast.walk: planning runs for every job, and this is most of it.)"""
+    out = [tree]
+    for node in out:  # (the loop reaches the nodes appended as it goes)
+        if type(node) in _LEAVES:
+            continue
         for field in node._fields:
+            if field == "ctx":  # Load/Store/Del: read through their parent, never visited
+                continue
             value = getattr(node, field, None)
-            children = [value] if isinstance(value, ast.AST) else value if isinstance(value, list) else ()
-            for child in children:
-                if isinstance(child, ast.AST):
-                    todo.append(child)
-                    if parents is not None:
-                        parents[id(child)] = node
+            if isinstance(value, ast.AST):
+                out.append(value)
+                if parents is not None:
+                    parents[id(value)] = node
+            elif type(value) is list:
+                for child in value:
+                    if isinstance(child, ast.AST):
+                        out.append(child)
+                        if parents is not None:
+                            parents[id(child)] = node
+    return out
 
 
-def _bound(tree: ast.AST) -> set[str]:
+def _bound(nodes: list[ast.AST]) -> set[str]:
     """Names the test code binds itself (assignments, defs, imports, arguments, loop targets...)."""
     out: set[str] = set()
-    for node in _walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            out.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+    for node in nodes:
+        kind = type(node)
+        if kind is ast.Name:
+            if type(node.ctx) is not ast.Load:
+                out.add(node.id)
+        elif kind in _DEFS:
             out.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        elif kind in _IMPORTS:
             out.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.arg):
+        elif kind is ast.arg:
             out.add(node.arg)
     return out
 
 
+_DEFS = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef})
+_IMPORTS = frozenset({ast.Import, ast.ImportFrom})
+_PLAIN = frozenset({ast.Assert, ast.Expr, ast.Assign, ast.Import, ast.ImportFrom, ast.Pass})
+
+
 def _calls(stmt: ast.stmt, program: Any, alias: dict[str, str]) -> list[tuple[str, tuple, dict]] | None:
     """The program calls of one statement in evaluation order, or None when the statement is not plain."""
-    if not isinstance(stmt, (ast.Assert, ast.Expr, ast.Assign, ast.Import, ast.ImportFrom, ast.Pass)):
+    if type(stmt) not in _PLAIN:
         return None
     if isinstance(stmt, ast.Assign) and not all(isinstance(t, ast.Name) for t in stmt.targets):
         return None  # `root.left = Node(2)`: setting an attribute may be an operation on a program object
@@ -63,17 +81,18 @@ def _calls(stmt: ast.stmt, program: Any, alias: dict[str, str]) -> list[tuple[st
         return None  # the message runs only when the assert fails
     calls: list[tuple[str, tuple, dict, tuple[int, int]]] = []
     parents: dict[int, ast.AST] = {}
-    for node in _walk(stmt, parents):
-        if isinstance(node, _STOP):
+    for node in _nodes(stmt, parents):
+        kind = type(node)
+        if kind in _STOP:
             return None
-        if isinstance(node, ast.Attribute) and any(isinstance(n, ast.Call) for n in _walk(node.value)):
+        if kind is ast.Attribute and any(type(n) is ast.Call for n in _nodes(node.value)):
             return None  # `f(1).x`: reading an attribute of a result may be an operation on a program object
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not program(node.func.id, alias) \
+        if kind is ast.Call and type(node.func) is ast.Name and not program(node.func.id, alias) \
                 and node.func.id not in _SAFE_BUILTINS and node.func.id not in _LOCAL_CALLS:
             return None  # a helper of the tests may call the program in ways we cannot see
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and program(node.id, alias):
+        if kind is ast.Name and type(node.ctx) is ast.Load and program(node.id, alias):
             call = parents.get(id(node))
-            if not (isinstance(call, ast.Call) and call.func is node):
+            if not (type(call) is ast.Call and call.func is node):
                 return None
             try:
                 args = tuple(ast.literal_eval(a) for a in call.args)
@@ -105,8 +124,8 @@ def plan(source: str) -> tuple[tuple[str, tuple, dict], ...]:
 
 def plan_tree(tree: ast.Module) -> tuple[tuple[str, tuple, dict], ...]:
     """`plan` of already parsed tests (the judge parses each test once for both plan and code); reads `tree` only."""
-    bound = _bound(tree)
-    names = set(dir(builtins))
+    bound = _bound(_nodes(tree))
+    names = vars(builtins)
 
     def program(name: str, alias: dict[str, str]) -> bool:
         return name in alias or (name not in bound and name not in names)
