@@ -268,3 +268,26 @@ def test_signals_to_the_job_init_change_nothing():
     assert got[0].verdict == "passed", got[0]
     assert got[1].verdict == "crash" and "SIGSEGV" in got[1].error, got[1]
     assert " line " in got[1].error.split("\nstderr: ", 1)[1], got[1]  # the traceback faulthandler wrote
+
+
+APPROX_TESTS = ("from pytest import approx\nassert f(0.1) == approx(1.1)",
+                "import pytest\nassert [f(0.2)] == pytest.approx([1.2])",
+                "import pytest\nwith pytest.raises(TypeError):\n    f('x')")
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_tests_get_pytest_approx_and_the_rest_of_pytest(isolate):
+    with Executor(workers=1, timeout=3.0, isolate=isolate) as ex:
+        right, wrong = ex.run([Job("r", RIGHT, test_list=APPROX_TESTS),
+                               Job("w", "def f(x):\n    return x + 1.01\n", test_list=APPROX_TESTS)])
+    assert (right.verdict, wrong.verdict) == ("passed", "failed"), (right, wrong)
+    assert "approx(1.1" in wrong.error
+
+
+def test_judge_pytest_front_imports_only_approx_until_asked():
+    code = ("import sys\nfrom ilf_jax.execute import pytest_module\npytest_module.install()\n"
+            "from pytest import approx\nimport pytest\nassert 0.1 + 0.2 == approx(0.3) and pytest.approx is approx\n"
+            "print('pytest.main' in sys.modules or '_pytest.main' in sys.modules)\n"
+            "raises = pytest.raises\nprint('_pytest.main' in sys.modules, sys.modules['pytest'].approx is approx)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"], out

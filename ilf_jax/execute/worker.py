@@ -14,7 +14,6 @@ Run as `python -m ilf_jax.execute.worker CONFIG_JSON`.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import resource
@@ -25,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from ilf_jax.execute import isolation, wire, zygote
+from ilf_jax.execute import isolation, pytest_module, wire, zygote
 from ilf_jax.execute.judge import Stopped, judge
 
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "operator",
@@ -47,19 +46,11 @@ def _preload() -> None:
         importlib.import_module(name)
 
 
-def _judge_modules() -> None:
-    """What only the judge needs: pytest's approx, imported by the first test that asks for it (importing
-    it here cost each worker ~80 ms, measured, and most tests never do), or the stand-in when pytest is absent."""
-    if importlib.util.find_spec("pytest") is None:
-        from ilf_jax.execute import approx_fallback
-
-        sys.modules["pytest"] = approx_fallback
-
-
 def _import_now() -> None:
     """Import what this process would otherwise import after jobs ran: without namespaces a job can write
     the caller's files, so nothing is imported from disk once a job has run."""
-    for name in ("pytest", "shutil", "subprocess", "tempfile"):
+    pytest_module.load_all()
+    for name in ("shutil", "subprocess", "tempfile"):
         if name not in sys.modules:
             importlib.import_module(name)
 
@@ -577,7 +568,7 @@ def main() -> None:
     judge_bytes = cfg["judge_memory_mb"] << 20
     resource.setrlimit(resource.RLIMIT_AS, (judge_bytes, judge_bytes))  # the judge runs here: bounded
     try:
-        _judge_modules()
+        pytest_module.install()  # what only the judge needs
         if not worker.namespaces:
             _import_now()
         worker.spare = worker.take_sandbox()  # find out which isolation this kernel gives us
