@@ -177,3 +177,27 @@ def test_prepared_test_has_the_plan_and_the_asserts_source_text(test):
     for node in ast.walk(ast.parse(test)):
         if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
             assert ast.get_source_segment(test, node.test) in texts
+
+
+def test_program_process_sees_every_change_to_builtins_through_the_version_tag():
+    import builtins
+    import sys
+
+    from ilf_jax.execute import program
+
+    if sys.implementation.name != "cpython":
+        assert program._BUILTINS_VERSION is None
+        return
+    d = {"a": 1}
+    tag = program._version_tag(d)
+    assert tag is not None and program._BUILTINS_VERSION is not None
+    seen = [tag.value]
+    for change in (lambda: d.__setitem__("a", 2), lambda: d.update(b=1), lambda: d.pop("b"), d.clear):
+        assert tag.value == seen[-1]  # reading changes nothing
+        change()
+        seen.append(tag.value)
+    assert len(set(seen)) == len(seen), seen
+    before, real_len = program._BUILTINS_VERSION.value, builtins.len
+    builtins.len = lambda x: 0
+    builtins.len = real_len
+    assert program._BUILTINS_VERSION.value != before  # a change undone is still seen

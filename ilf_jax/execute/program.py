@@ -8,6 +8,7 @@ the arguments were left with (so in-place mutation reaches the judge), or the ex
 from __future__ import annotations
 
 import builtins
+import ctypes
 import importlib
 import linecache
 import os
@@ -46,6 +47,7 @@ STDLIB_BINDABLE = frozenset({
 })
 _FRAME_LINE = 200
 _BUILTIN_EXCEPTIONS = {k: v for k, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+_BUILTINS = dict(vars(builtins))  # made before the zygote forks: no program process copies it (~80 page faults)
 _VALUE_BUDGET = 1000  # containers in a global value sent to the judge at load
 
 
@@ -89,6 +91,34 @@ def _binding(name: str, obj: Any, enc: wire.Encoder) -> list[Any]:
         return [name, "value", small.encode(obj, strict=True)]
     except wire.NotPlain:
         return [name, "remote", [enc.handle(obj), type(obj).__name__, callable(obj)]]
+
+
+def _version_tag(d: dict) -> ctypes.c_uint64 | None:
+    """A view of `d`'s version tag (CPython's PEP 509 counter, which every change to a dict bumps), or None
+    where this interpreter has none that behaves so (checked on a dict of its own first).
+
+    The program process asks after each of the program's turns whether it changed builtins: comparing
+    the dicts would touch every builtin object (a copy-on-write page fault for each page they lie on,
+    ~70 a job, measured); reading the tag touches nothing."""
+    if sys.implementation.name != "cpython":
+        return None
+    probe: dict[str, Any] = {"a": 0}
+    tag = ctypes.c_uint64.from_address(id(probe) + _VERSION_OFFSET)
+    seen = [tag.value]
+    for change in (lambda: probe.__setitem__("a", 1), lambda: probe.__setitem__("b", 0),
+                   lambda: probe.pop("a"), probe.clear):
+        same = tag.value
+        if same != seen[-1]:
+            return None
+        change()
+        seen.append(tag.value)
+    if len(set(seen)) != len(seen):
+        return None
+    return ctypes.c_uint64.from_address(id(d) + _VERSION_OFFSET)
+
+
+_VERSION_OFFSET = 3 * ctypes.sizeof(ctypes.c_ssize_t)  # after ob_refcnt, ob_type, ma_used (PyDictObject)
+_BUILTINS_VERSION = _version_tag(vars(builtins))
 
 
 class Server:
@@ -168,20 +198,25 @@ class Server:
         loop (not the verdict: that is the judge's) keeps working whatever the program did.
         """
         exit_, settrace, setprofile = os._exit, sys.settrace, sys.setprofile
-        live = vars(builtins)
-        saved = dict(live)
+        live, saved, tag = vars(builtins), _BUILTINS, _BUILTINS_VERSION
         clear, update = live.clear, live.update
+        version = [tag.value if tag is not None else 0]
 
         def restore() -> None:
             settrace(None)
             setprofile(None)
-            try:  # (a program's object in builtins may answer this: then it only misleads its own loop)
-                untouched = live == saved
-            except BaseException:  # noqa: BLE001
-                untouched = False
+            if tag is not None:
+                untouched = tag.value == version[0]
+            else:
+                try:  # (a program's object in builtins may answer this: then it only misleads its own loop)
+                    untouched = live == saved
+                except BaseException:  # noqa: BLE001
+                    untouched = False
             if not untouched:  # only then: renewing the dict costs every builtin lookup cached after it
                 clear()  # (measured: ~4% of the executor's CPU on MBPP when done after every turn)
                 update(saved)
+                if tag is not None:
+                    version[0] = tag.value
 
         try:
             msg = wire.recv(self.req_fd)
