@@ -1,6 +1,6 @@
 """Kernel isolation for one job (Linux, through libc): namespaces, a private read-only root, limits, no privileges.
 
-`JobInit` (in the zygote: pid 1 of the job's new PID namespace) and `enter_job_root` (in the job's
+`JobInit` (in the zygote: pid 1 of the job's new PID namespace) and `Confinement.enter_job_root` (in the job's
 program process) give the job new PID, mount and IPC namespaces; `build_template` (once, in the zygote) gives
 the worker's jobs an empty network namespace, no interface up, which they occupy one at a time
 (made once, not per job: a fresh one per job cost ~0.7 ms of kernel-thread CPU a job, measured, and
@@ -8,7 +8,7 @@ a job without capabilities can leave nothing in it), and pivots into a fresh roo
 binds of the system and Python directories, a few device nodes, a new /proc, and one size-capped
 tmpfs for /tmp, /var/tmp and /dev/shm. Nothing else of the host (the caller's files, other jobs,
 their temporary files) exists in it. `confine_children` (once, in the zygote) is what every job
-inherits: no new privileges, an empty capability bounding set; `confine` is the program process's
+inherits: no new privileges, an empty capability bounding set; `Confinement.confine` is the program process's
 last step as root: its own uid, resource limits, no capabilities.
 """
 
@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import signal
+from typing import NoReturn
 
 CLONE_VM, CLONE_FILES, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x100, 0x400, 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
@@ -42,12 +43,19 @@ _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.clone.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
 _MUTEX_LOCK = ctypes.cast(_libc.pthread_mutex_lock, ctypes.c_void_p)  # a JobInit's whole program
+# bound once: in a job's process each object a call goes through is a copy-on-write page fault
+_prctl, _unshare, _mount, _setns = _libc.prctl, _libc.unshare, _libc.mount, _libc.setns
+SIGKILL = int(signal.SIGKILL)
 
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        _fail(what)
+
+
+def _fail(what: str) -> NoReturn:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def prctl(option: int, arg: int = 0) -> None:
@@ -64,7 +72,8 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def set_pid_namespace_for_children(fd: int) -> None:
     """This process's next children are made in the PID namespace `fd` names (an nsfd or a pidfd)."""
-    _check(_libc.setns(fd, CLONE_NEWPID), "setns pid")
+    if _setns(fd, CLONE_NEWPID) != 0:
+        _fail("setns pid")
 
 
 class JobInit:
@@ -170,16 +179,6 @@ def build_template(binds: list[str], hide: list[str]) -> None:
     _pivot_root()
 
 
-def enter_job_root(tmpfs_kb: int, uid: int) -> None:
-    """In a job's program process (pid 2 of its PID namespace, in the zygote's root and network namespace):
-    new mount and IPC namespaces, a private tmpfs of `tmpfs_kb` on /tmp (WORK_DIR in it belongs to `uid`), a fresh /proc."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
-    mount("ilf-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(tmpfs_kb, 64)}k,mode=1777")
-    os.mkdir(WORK_DIR, 0o700)
-    os.chown(WORK_DIR, uid, uid)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-
-
 def _pivot_root() -> None:
     """pivot_root(".", "."), then detach the old root stacked under the new one."""
     nr = _SYS_PIVOT_ROOT.get(platform.machine())
@@ -205,26 +204,55 @@ def confine_children() -> None:
     _SETUID_DROPS_CAPABILITIES = _libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0) == 0
 
 
-def confine(limits: dict[str, int], uid: int | None, pid_namespace: bool) -> None:
-    """Own process group, rlimits, an unprivileged uid of its own (when root), no capabilities, death with the
-    parent (the program process's last step as root; confine_children was done in the zygote)."""
-    os.setpgid(0, 0)  # its own process group: kill(0, ...) reaches only the job (setsid also made a scheduler autogroup)
-    mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_kb"] * 1024,) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
-    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
-    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (1 << 16,) * 2)
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)  # from root to a uid that is not: the kernel clears every capability (no securebits)
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
-    if uid is None or not _SETUID_DROPS_CAPABILITIES:
-        drop_capabilities()
-    if not pid_namespace:  # in one, the init's death kills us (and setuid cleared this)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+class Confinement:
+    """A job's program process's own sandbox steps and limits, worked out once in the zygote.
+
+    Each job's process only makes the calls: every object it touches lies on a page it shares with
+    the zygote, so each is a copy-on-write page fault (the generic wrappers, their string formatting
+    and limit arithmetic cost a job ~100 faults, measured)."""
+
+    def __init__(self, limits: dict[str, int], tmpfs_kb: int) -> None:
+        mb = 1024 * 1024
+        self.tmpfs = f"size={max(tmpfs_kb, 64)}k,mode=1777".encode()
+        self.work_dir = WORK_DIR.encode()
+        self.before_uid = ((resource.RLIMIT_CORE, (0, 0)), (resource.RLIMIT_AS, (limits["memory_mb"] * mb,) * 2),
+                           (resource.RLIMIT_FSIZE, (limits["output_kb"] * 1024,) * 2),
+                           (resource.RLIMIT_NOFILE, (limits["open_files"],) * 2),
+                           (resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1)),
+                           (resource.RLIMIT_MSGQUEUE, (1 << 16,) * 2))
+        self.processes = (limits["processes"],) * 2
+
+    def enter_job_root(self, uid: int) -> None:
+        """In a job's program process (pid 2 of its PID namespace, in the zygote's root and network namespace):
+        death with the zygote, new mount and IPC namespaces, a private size-capped tmpfs on /tmp (WORK_DIR in
+        it belongs to `uid`), a fresh /proc."""
+        if _prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0:  # (confine sets it again where it matters)
+            _fail("prctl")
+        if _unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0:
+            _fail("unshare")
+        if _mount(b"ilf-tmp", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, self.tmpfs) != 0:
+            _fail("mount /tmp")
+        os.mkdir(self.work_dir, 0o700)
+        os.chown(self.work_dir, uid, uid)
+        if _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+            _fail("mount /proc")
+
+    def confine(self, uid: int | None, pid_namespace: bool) -> None:
+        """Own process group, rlimits, an unprivileged uid of its own (when root), no capabilities, death with the
+        parent (the program process's last step as root; confine_children was done in the zygote)."""
+        os.setpgid(0, 0)  # its own process group: kill(0, ...) reaches only the job (setsid also made a scheduler autogroup)
+        setrlimit = resource.setrlimit
+        for which, value in self.before_uid:
+            setrlimit(which, value)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)  # from root to a uid that is not: the kernel clears every capability (no securebits)
+        setrlimit(resource.RLIMIT_NPROC, self.processes)
+        if uid is None or not _SETUID_DROPS_CAPABILITIES:
+            drop_capabilities()
+        if not pid_namespace and _prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0:  # in one, the init's death kills us
+            _fail("prctl")  # (and setuid cleared this)
 
 
 class _CapHeader(ctypes.Structure):

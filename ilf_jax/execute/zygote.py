@@ -28,6 +28,7 @@ from ilf_jax.execute import isolation, program
 
 N_FDS = 6  # request read end, reply write end, stdout, stderr, status write end, lifeline read end
 _environment_home = ""  # the home of the environment _set_environment made in this process ("": none yet)
+_confinement: isolation.Confinement  # each job's sandbox steps and limits, made once by _serve
 
 
 def start(cfg: dict[str, Any], close: list[int]) -> tuple[int, socket.socket]:
@@ -73,6 +74,8 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
     if cfg["isolate"] and not root_error:  # every namespaced job has this environment: set it once, here
         _set_environment(isolation.WORK_DIR)  # (measured: ~80 page faults fewer a job than each program setting it)
     isolation.confine_children()
+    global _confinement
+    _confinement = isolation.Confinement(cfg["limits"], cfg["limits"]["output_kb"] + 1024)
     faulthandler.enable()  # inherited: each program's fatal errors go to its fd 2, its stderr pipe (~0.08 ms a job)
     gc.freeze()
     programs: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status write end) of each namespaced job's program
@@ -166,8 +169,7 @@ def _namespaced_program(request: dict[str, Any], fds: list[int], cfg: dict[str, 
     """Pid 2 of the job's namespace: its own mount and IPC namespaces, /tmp and /proc, then the program."""
     req_r, rep_w, out_w, err_w, status_w, life_r = fds
     try:
-        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # with the zygote (confine sets it again)
-        isolation.enter_job_root(cfg["limits"]["output_kb"] + 1024, request["uid"])
+        _confinement.enter_job_root(request["uid"])
     except Exception as e:  # noqa: BLE001 - reported to the worker, which falls back
         os.write(status_w, b"F" + f"{type(e).__name__}: {e}"[:500].encode())
         os._exit(1)
@@ -274,7 +276,7 @@ def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: dict[str, 
         os.chdir(home)
         if _environment_home != home:  # (the zygote set it for namespaced jobs)
             _set_environment(home)
-        isolation.confine(cfg["limits"], request["uid"] if cfg["own_uid"] else None, request["namespaces"])
+        _confinement.confine(request["uid"] if cfg["own_uid"] else None, request["namespaces"])
         program.serve(3, 4, cfg["error_chars"])
     finally:
         os._exit(70)
