@@ -68,6 +68,30 @@ def test_result_records_times_and_isolation(executor):
     assert "harness_error" in VERDICTS
 
 
+BURN = ("import os\ndef burn():\n    x = 0\n    for i in range(2 * 10 ** 6):\n        x += i\n"  # ~0.1 s of CPU
+        "r, w = os.pipe()\n")
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_cpu_time_counts_every_process_of_the_job(isolate):
+    # each job ends before the supervisor's first look at its CPU time (0.25 s): only the final figure counts it
+    done = "    burn()\n    os.write(w, b'x')\n    os._exit(0)\n"
+    waited = BURN + "pid = os.fork()\nif pid == 0:\n" + done + "os.waitpid(pid, 0)\n"
+    zombie = BURN + "if os.fork() == 0:\n" + done + "os.read(r, 1)\n"  # exited, never reaped by the program
+    orphan = BURN + ("if os.fork() == 0:\n    if os.fork() == 0:\n        burn()\n        os.write(w, b'x')\n"
+                     "        os._exit(0)\n    os._exit(0)\nos.read(r, 1)\n")  # its parent gone: the init (or nobody) has it
+    alone = BURN + "burn()\n"
+    with Executor(workers=1, timeout=3.0, isolate=isolate) as ex:
+        results = ex.run([Job(name, prog + RIGHT, test_list=("assert f(1) == 2",))
+                          for name, prog in (("alone", alone), ("waited", waited), ("zombie", zombie),
+                                             ("orphan", orphan))])
+    assert [r.verdict for r in results] == ["passed"] * 4, results
+    one = results[0].cpu_s
+    assert 0.03 < one and results[0].duration_s < 0.25, results[0]
+    for r in results[1:]:  # the burning child's CPU counts whether reaped by the program, a zombie or an orphan
+        assert r.cpu_s > 0.7 * one and r.duration_s < 0.25, (r, one)
+
+
 def test_in_place_mutation_and_program_objects(executor):
     prog = ("def sort_in_place(xs):\n    xs.sort()\n\nclass Box:\n    def __init__(self, v):\n        self.v = v\n"
             "    def get(self):\n        return self.v\n\ndef unbox(b):\n    return b.v\n\ndef gen(n):\n"

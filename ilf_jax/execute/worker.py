@@ -74,17 +74,24 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def tree_cpu(root: int) -> float:
+def tree_cpu(root: int, below_only: bool = False) -> float:
     """CPU seconds of `root` and every process below it, each with what it reaped, from /proc's
-    per-thread lists of children (exact, and cheap for a job's few processes)."""
-    ticks, todo = 0, [root]
+    per-thread lists of children (exact, and cheap for a job's few processes). `below_only`: not
+    root's own, and root has one thread (its list of children is all that is read of it)."""
+    ticks, todo = 0, []
+    if below_only:
+        try:
+            todo.extend(int(child) for child in zygote.read_proc(f"/proc/{root}/task/{root}/children").split())
+        except (OSError, ValueError):
+            return 0.0
+    else:
+        todo.append(root)
     while todo:
         pid = todo.pop()
         ticks += zygote.process_ticks(pid)
         try:
             for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    todo.extend(int(child) for child in f.read().split())
+                todo.extend(int(child) for child in zygote.read_proc(f"/proc/{pid}/task/{tid}/children").split())
         except (OSError, ValueError):
             continue
     return ticks / _CLK
@@ -182,10 +189,12 @@ class Sandbox:
     def job_cpu(self) -> float:
         """CPU seconds of the job's processes so far: the program (the zygote's figure once it reaped it) and
         what is below the init (without namespaces, all of the job; with them, the orphans it inherited)."""
-        cpu = tree_cpu(self.pid) if self.pid else 0.0
-        if self.program_pid:
-            cpu += self.program_cpu if self.program_cpu is not None else tree_cpu(self.program_pid)
-        return cpu
+        if not self.pid:
+            return 0.0
+        if not self.program_pid:
+            return tree_cpu(self.pid)
+        cpu = tree_cpu(self.pid, below_only=True)  # a JobInit runs nothing, in one thread
+        return cpu + (self.program_cpu if self.program_cpu is not None else tree_cpu(self.program_pid))
 
     def end_processes(self) -> None:
         """SIGKILL every process of the job (the init last; it is pid 1 of the job's namespace when there is one)."""
