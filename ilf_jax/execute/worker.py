@@ -124,7 +124,7 @@ class Sandbox:
         theirs = [req_r, rep_w, out_w, err_w, status_w, life_r]
         self.pidfd, self.pid, self.program_pid, self.setup_error, self.sock = -1, 0, 0, "", worker.zygote_sock
         try:
-            zygote.ask(worker.zygote_sock, theirs, {"uid": self.uid, "namespaces": worker.namespaces, "dir": self.dir})
+            zygote.ask(worker.zygote_sock, theirs, zygote.Request(self.uid, worker.namespaces, self.dir or ""))
         finally:
             for fd in theirs:
                 os.close(fd)
@@ -139,10 +139,8 @@ class Sandbox:
         """Take the zygote's answer to our request (once)."""
         if self.asked:
             self.asked = False
-            reply, self.pidfd = zygote.answer(self.sock)
-            self.pid = int(reply.get("pid") or 0)
-            self.program_pid = int(reply.get("program") or 0)
-            self.setup_error = str(reply.get("error") or "")
+            reply = zygote.answer(self.sock)
+            self.pid, self.pidfd, self.program_pid, self.setup_error = reply
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Read the sandbox's first word: ready, or the reason the sandbox could not be built."""

@@ -16,13 +16,12 @@ from __future__ import annotations
 import faulthandler
 import fcntl
 import gc
-import json
 import os
 import select
 import signal
 import socket
 import struct
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from ilf_jax.execute import isolation, program
 
@@ -47,19 +46,42 @@ def start(cfg: dict[str, Any], close: list[int]) -> tuple[int, socket.socket]:
     return pid, ours
 
 
-def ask(sock: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+class Request(NamedTuple):
+    """A sandbox asked of the zygote: the job's uid, whether in namespaces, and (without them) its directory."""
+
+    uid: int
+    namespaces: bool
+    dir: str = ""
+
+
+class Answer(NamedTuple):
+    """The zygote's answer: the job's init (its pid and a pidfd), the program's pid (0 without namespaces), why
+    the namespaces could not be made ("": they were, or none were asked for)."""
+
+    pid: int
+    pidfd: int
+    program: int
+    error: str
+
+
+_HEAD = struct.Struct(">I?")  # a request: uid, namespaces; then the directory (as bytes: fixed fields, no JSON
+_ANSWER = struct.Struct(">ii")  # to parse in the zygote); an answer: init pid, program pid; then the error
+
+
+def ask(sock: socket.socket, fds: list[int], request: Request) -> None:
     """Ask the zygote for a sandbox on these pipe ends (the answer comes with `answer`: the zygote works meanwhile)."""
-    socket.send_fds(sock, [json.dumps(request).encode()], fds)
+    socket.send_fds(sock, [_HEAD.pack(request.uid, request.namespaces) + request.dir.encode()], fds)
 
 
-def answer(sock: socket.socket) -> tuple[dict[str, Any], int]:
-    """The zygote's answer to `ask`: ({"pid": init pid, "error": ...}, a pidfd of the init)."""
+def answer(sock: socket.socket) -> Answer:
+    """The zygote's answer to `ask`."""
     msg, got, _flags, _addr = socket.recv_fds(sock, 4096, 1)
-    if not msg or len(got) != 1:
+    if len(msg) < _ANSWER.size or len(got) != 1:
         for fd in got:
             os.close(fd)
         raise OSError("the zygote is gone")
-    return json.loads(msg), got[0]
+    pid, program = _ANSWER.unpack_from(msg)
+    return Answer(pid, got[0], program, msg[_ANSWER.size:].decode("utf-8", "replace"))
 
 
 def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
@@ -96,11 +118,11 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
         if listen not in ready:
             continue
         msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, N_FDS)
-        if not msg:
+        if len(msg) < _HEAD.size:
             return
-        request = json.loads(msg)
-        error = root_error if request["namespaces"] else ""
-        made = _namespaced_job(request, fds, cfg, own_pid_ns, sock) if request["namespaces"] and not error else None
+        request = Request(*_HEAD.unpack_from(msg), msg[_HEAD.size:].decode())
+        error = root_error if request.namespaces else ""
+        made = _namespaced_job(request, fds, cfg, own_pid_ns, sock) if request.namespaces and not error else None
         if isinstance(made, str):
             error, made = made, None
         if made is None:  # no namespaces (or they failed: the init says so, and the worker falls back)
@@ -113,14 +135,14 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
                 os.close(fd)
         if program_fd >= 0:
             programs[program_fd] = (program_pid, fds[_STATUS])
-        reply = {"pid": init_pid, "program": program_pid if program_fd >= 0 else 0, "error": error}
-        socket.send_fds(sock, [json.dumps(reply).encode()], [init_fd])
+        reply = _ANSWER.pack(init_pid, program_pid if program_fd >= 0 else 0) + error.encode()
+        socket.send_fds(sock, [reply], [init_fd])
 
 
 _STATUS = 4  # the index of the status pipe's write end in a request's fds
 
 
-def _namespaced_job(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], own_pid_ns: int,
+def _namespaced_job(request: Request, fds: list[int], cfg: dict[str, Any], own_pid_ns: int,
                     sock: socket.socket) -> tuple[int, isolation.JobInit, int, int] | str:
     """A job's PID namespace (its init: a JobInit) and its program forked into it as pid 2, our child;
     (init pid, init, program pid, program pidfd), or why the namespace could not be made."""
@@ -165,11 +187,11 @@ def _report_exit(pid: int, status_w: int) -> None:
         os.close(status_w)
 
 
-def _namespaced_program(request: dict[str, Any], fds: list[int], cfg: dict[str, Any]) -> NoReturn:
+def _namespaced_program(request: Request, fds: list[int], cfg: dict[str, Any]) -> NoReturn:
     """Pid 2 of the job's namespace: its own mount and IPC namespaces, /tmp and /proc, then the program."""
     req_r, rep_w, out_w, err_w, status_w, life_r = fds
     try:
-        _confinement.enter_job_root(request["uid"])
+        _confinement.enter_job_root(request.uid)
     except Exception as e:  # noqa: BLE001 - reported to the worker, which falls back
         os.write(status_w, b"F" + f"{type(e).__name__}: {e}"[:500].encode())
         os._exit(1)
@@ -179,7 +201,7 @@ def _namespaced_program(request: dict[str, Any], fds: list[int], cfg: dict[str, 
     _program(req_r, rep_w, out_w, err_w, request, cfg)
 
 
-def _forked_init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any], sock: socket.socket,
+def _forked_init(request: Request, fds: list[int], cfg: dict[str, Any], sock: socket.socket,
                  own_pid_ns: int) -> int:
     """Without namespaces: fork the job's init (a subreaper in the job's directory, which forks the program
     and reports its exit) and return its pid. Asked for namespaces, it only reports that there are none."""
@@ -199,16 +221,16 @@ def _fork(body: Any, sock: socket.socket, own_pid_ns: int) -> int:
     return pid
 
 
-def _init(request: dict[str, Any], fds: list[int], cfg: dict[str, Any]) -> NoReturn:
+def _init(request: Request, fds: list[int], cfg: dict[str, Any]) -> NoReturn:
     """A job's init without namespaces: fork the program, report its wait status, reap until told to go."""
     req_r, rep_w, out_w, err_w, status_w, life_r = fds
     try:
         try:
             isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # with the zygote, so with the worker
-            if request["namespaces"]:
+            if request.namespaces:
                 raise OSError(0, "no namespaces for this sandbox")
             isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
-            os.chdir(request["dir"])
+            os.chdir(request.dir)
         except Exception as e:  # noqa: BLE001 - reported to the worker, which falls back
             os.write(status_w, b"F" + f"{type(e).__name__}: {e}"[:500].encode())
             os._exit(1)
@@ -271,7 +293,7 @@ def _set_environment(home: str) -> None:
                       PYTHONHASHSEED="0")
 
 
-def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: dict[str, Any], cfg: dict[str, Any]) -> NoReturn:
+def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: Request, cfg: dict[str, Any]) -> NoReturn:
     """The program process: standard streams, the two channel fds at 3 and 4, confinement, then serve."""
     try:
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (out_w, err_w, req_r, rep_w)]
@@ -280,11 +302,11 @@ def _program(req_r: int, rep_w: int, out_w: int, err_w: int, request: dict[str, 
         for fd, target in zip(high, (1, 2, 3, 4)):
             os.dup2(fd, target)
         os.closerange(5, 1 << 16)
-        home = isolation.WORK_DIR if request["namespaces"] else request["dir"]
+        home = isolation.WORK_DIR if request.namespaces else request.dir
         os.chdir(home)
         if _environment_home != home:  # (the zygote set it for namespaced jobs)
             _set_environment(home)
-        _confinement.confine(request["uid"] if cfg["own_uid"] else None, request["namespaces"])
+        _confinement.confine(request.uid if cfg["own_uid"] else None, request.namespaces)
         program.serve(3, 4, cfg["error_chars"])
     finally:
         os._exit(70)
