@@ -15,6 +15,7 @@ last step as root: its own uid, resource limits, no capabilities.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import platform
 import resource
@@ -84,21 +85,24 @@ class JobInit:
     kernel marks its robust mutexes owner-dead and wakes each init, which returns and exits: no init
     outlives its zygote. Made while the zygote has no signal handler installed (see zygote.py), so
     as the namespace's init it ignores every signal sent from inside; its memory cannot be read or
-    written from the job (not dumpable, and the job has no capabilities)."""
+    written from the job (not dumpable, and the job has no capabilities).
+
+    Its stack and mutex lie in a mapping the zygote's forks do not inherit (MADV_DONTFORK), reused by
+    later inits once this one is reaped: a job's program never shares those pages, so neither the
+    init's writes nor a fresh zeroed stack cost a page fault a job."""
 
     _STACK = 64 * 1024
+    _free: list[tuple[mmap.mmap, int, int]] = []  # (mapping, mutex address, stack top) of reaped inits
 
     def __init__(self) -> None:
-        self._mutex = ctypes.create_string_buffer(64)  # a pthread_mutex_t (40 bytes on x86-64, 48 on arm64)
-        self._stack = ctypes.create_string_buffer(self._STACK)
-        global _ROBUST_SHARED
-        if _ROBUST_SHARED is None:
-            _ROBUST_SHARED = _robust_shared_attr()
-        _pthread_check(_libc.pthread_mutex_init(self._mutex, _ROBUST_SHARED), "pthread_mutex_init")
-        _pthread_check(_libc.pthread_mutex_lock(self._mutex), "pthread_mutex_lock")
-        top = (ctypes.addressof(self._stack) + self._STACK - 64) & ~15
+        if JobInit._free:
+            self._slot = JobInit._free.pop()
+        else:
+            self._slot = _init_slot(self._STACK)
+        _, mutex, top = self._slot
+        _pthread_check(_libc.pthread_mutex_lock(ctypes.c_void_p(mutex)), "pthread_mutex_lock")
         flags = CLONE_VM | CLONE_FILES | CLONE_NEWPID | signal.SIGCHLD  # the fd table shared: it holds no fd of its own
-        pid = _libc.clone(_MUTEX_LOCK, top, flags, ctypes.addressof(self._mutex))
+        pid = _libc.clone(_MUTEX_LOCK, top, flags, mutex)
         if pid < 0:
             err = ctypes.get_errno()
             self.release()
@@ -106,11 +110,23 @@ class JobInit:
         self.pid = pid
 
     def release(self) -> None:
-        """Once the init is reaped: unlock (off this thread's robust list) and free its mutex and stack."""
-        if self._mutex is not None:
-            _libc.pthread_mutex_unlock(self._mutex)
-            _libc.pthread_mutex_destroy(self._mutex)
-            self._mutex = self._stack = None
+        """Once the init is reaped: unlock its mutex (off this thread's robust list) and keep its slot for the next."""
+        if self._slot is not None:
+            _libc.pthread_mutex_unlock(ctypes.c_void_p(self._slot[1]))
+            JobInit._free.append(self._slot)
+            self._slot = None
+
+
+def _init_slot(size: int) -> tuple[mmap.mmap, int, int]:
+    """A mapping for one init, left out of forks: a robust mutex (initialised) at its start, a stack above it."""
+    area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    area.madvise(mmap.MADV_DONTFORK)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(area))  # (the mapping stays exported: it is never closed)
+    global _ROBUST_SHARED
+    if _ROBUST_SHARED is None:
+        _ROBUST_SHARED = _robust_shared_attr()
+    _pthread_check(_libc.pthread_mutex_init(ctypes.c_void_p(base), _ROBUST_SHARED), "pthread_mutex_init")
+    return area, base, (base + size - 64) & ~15
 
 
 def _robust_shared_attr() -> ctypes.Array:
