@@ -71,8 +71,10 @@ _IMPORTS = frozenset({ast.Import, ast.ImportFrom})
 _PLAIN = frozenset({ast.Assert, ast.Expr, ast.Assign, ast.Import, ast.ImportFrom, ast.Pass})
 
 
-def _calls(stmt: ast.stmt, program: Any, alias: dict[str, str]) -> list[tuple[str, tuple, dict]] | None:
-    """The program calls of one statement in evaluation order, or None when the statement is not plain."""
+def _calls(stmt: ast.stmt, program: Any, alias: dict[str, str], nodes: list[ast.AST],
+           parents: dict[int, ast.AST]) -> list[tuple[str, tuple, dict]] | None:
+    """The program calls of one statement (`nodes`: its nodes, `parents` of each) in evaluation order, or None
+    when the statement is not plain."""
     if type(stmt) not in _PLAIN:
         return None
     if isinstance(stmt, ast.Assign) and not all(isinstance(t, ast.Name) for t in stmt.targets):
@@ -80,8 +82,7 @@ def _calls(stmt: ast.stmt, program: Any, alias: dict[str, str]) -> list[tuple[st
     if isinstance(stmt, ast.Assert) and stmt.msg is not None and not isinstance(stmt.msg, ast.Constant):
         return None  # the message runs only when the assert fails
     calls: list[tuple[str, tuple, dict, tuple[int, int]]] = []
-    parents: dict[int, ast.AST] = {}
-    for node in _nodes(stmt, parents):
+    for node in nodes:
         kind = type(node)
         if kind in _STOP:
             return None
@@ -124,7 +125,15 @@ def plan(source: str) -> tuple[tuple[str, tuple, dict], ...]:
 
 def plan_tree(tree: ast.Module) -> tuple[tuple[str, tuple, dict], ...]:
     """`plan` of already parsed tests (the judge parses each test once for both plan and code); reads `tree` only."""
-    bound = _bound(_nodes(tree))
+    parents: dict[int, ast.AST] = {}
+    walks: dict[int, list[ast.AST]] = {}
+
+    def calls_of(stmt: ast.stmt, alias: dict[str, str]) -> list[tuple[str, tuple, dict]] | None:
+        if id(stmt) not in walks:
+            walks[id(stmt)] = _nodes(stmt, parents)
+        return _calls(stmt, program, alias, walks[id(stmt)], parents)
+
+    bound = _bound([node for stmt in tree.body for node in walks.setdefault(id(stmt), _nodes(stmt, parents))])
     names = vars(builtins)
 
     def program(name: str, alias: dict[str, str]) -> bool:
@@ -138,12 +147,12 @@ def plan_tree(tree: ast.Module) -> tuple[tuple[str, tuple, dict], ...]:
         if len(check) == 1 and len(check[0].args.args) == 1 and not check[0].decorator_list:
             alias = {check[0].args.args[0].arg: last.value.args[0].id}
             prelude = [s for s in body[:-1] if s is not check[0]]
-            if any(_calls(s, program, {}) != [] for s in prelude if not isinstance(s, (ast.FunctionDef, ast.ClassDef))):
+            if any(calls_of(s, {}) != [] for s in prelude if not isinstance(s, (ast.FunctionDef, ast.ClassDef))):
                 return ()
             body = check[0].body
     out: list[tuple[str, tuple, dict]] = []
     for stmt in body:
-        calls = _calls(stmt, program, alias)
+        calls = calls_of(stmt, alias)
         if calls is None:
             break
         out.extend(calls)
