@@ -126,7 +126,7 @@ class Executor:
     zygote, each job's init and program) runs on one CPU, the workers taking the allowed CPUs in
     turn: a job's judge and program then take turns on one core without waking each other across
     cores (and, presumably, the pages a fork shares stay in one core's caches); measured on 2 cores,
-    the 1364 MBPP/ILF programs take 3.6-3.7 s instead of 4.1-4.2 s unpinned with 2 lanes
+    the 1364 MBPP/ILF programs take 3.6 s instead of 4.4 s unpinned with 2 lanes
     (scripts/bench_exec.py prints both). The queue of jobs is shared, so a long job on one core does
     not hold up the others. Verdicts do not depend on either (CPU-time limits)."""
 
