@@ -74,7 +74,8 @@ BURN = ("import os\ndef burn():\n    x = 0\n    for i in range(2 * 10 ** 6):\n  
 
 @pytest.mark.parametrize("isolate", [True, False])
 def test_cpu_time_counts_every_process_of_the_job(isolate):
-    # each job ends before the supervisor's first look at its CPU time (0.25 s): only the final figure counts it
+    # each job (idle machine: ~0.1 s) ends before the supervisor's first look at its CPU time (0.25 s): only the
+    # final figure counts the child's
     done = "    burn()\n    os.write(w, b'x')\n    os._exit(0)\n"
     waited = BURN + "pid = os.fork()\nif pid == 0:\n" + done + "os.waitpid(pid, 0)\n"
     zombie = BURN + "if os.fork() == 0:\n" + done + "os.read(r, 1)\n"  # exited, never reaped by the program
@@ -87,9 +88,10 @@ def test_cpu_time_counts_every_process_of_the_job(isolate):
                                              ("orphan", orphan))])
     assert [r.verdict for r in results] == ["passed"] * 4, results
     one = results[0].cpu_s
-    assert 0.03 < one and results[0].duration_s < 0.25, results[0]
+    assert one > 0.03, results[0]
     for r in results[1:]:  # the burning child's CPU counts whether reaped by the program, a zombie or an orphan
-        assert r.cpu_s > 0.7 * one and r.duration_s < 0.25, (r, one)
+        assert r.cpu_s > 0.7 * one, (r, one)  # (a job slower than 0.25 s, on a loaded machine, is looked at
+        # while it runs too: the check then holds either way)
 
 
 def test_in_place_mutation_and_program_objects(executor):

@@ -104,6 +104,31 @@ CASES = [
     ("delete_working_dir", "import os, shutil\nshutil.rmtree(os.getcwd())\n" + RIGHT, {"passed"}),
     ("unreadable_working_dir", "import os\nopen('f', 'w').write('x')\nos.chmod('.', 0)\n" + RIGHT, {"passed"}),
     ("read_stdin", "x = input()\n" + RIGHT, {"error"}),
+    # a sibling of the program (CLONE_PARENT) is the zygote's child, outside the job's tree: its CPU time would
+    # go uncounted (work handed to it passes the CPU limit) and its corpse stay; the seccomp filter refuses it
+    ("clone_parent_sibling", D("""
+        import ctypes, os, platform
+        NR = {"x86_64": 56, "aarch64": 220}[platform.machine()]
+        libc = ctypes.CDLL(None, use_errno=True)
+        def f(x):
+            pid = libc.syscall(NR, 0x8000 | 17, 0, 0, 0, 0)
+            if pid == 0:
+                os._exit(0)
+            if pid < 0:
+                raise OSError(ctypes.get_errno(), "clone refused")
+            return x + 1
+        """), {"error"}),
+    ("right_threads_subprocess_fork", D("""
+        import os, subprocess, threading
+        t = threading.Thread(target=lambda: None)
+        t.start()
+        t.join()
+        assert subprocess.run(["true"]).returncode == 0
+        pid = os.fork()
+        if pid == 0:
+            os._exit(3)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3
+        """) + RIGHT, {"passed"}),
     ("stdin_is_empty", "import sys\ndata = sys.stdin.read()\ndef f(x):\n    return x + 1 + len(data)", {"passed"}),
     ("endless_thread_right", "import threading, time\nthreading.Thread(target=lambda: time.sleep(1000)).start()\n"
      + RIGHT, {"passed"}),
@@ -372,6 +397,7 @@ def test_error_text_is_useful(outcome):
     assert "SIGSEGV" in res["segfault_ctypes"].error
     assert "f(1) == 2" in res["print_passed"].error and "actual:   0" in res["print_passed"].error
     assert "RecursionError" in res["infinite_recursion"].error
+    assert "clone refused" in res["clone_parent_sibling"].error and "seccomp" in res["clone_parent_sibling"].isolation
 
 
 def test_timeouts_are_prompt(outcome):

@@ -20,6 +20,7 @@ import os
 import platform
 import resource
 import signal
+import struct
 from typing import NoReturn
 
 CLONE_VM, CLONE_FILES, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x100, 0x400, 0x00020000, 0x08000000, 0x20000000, 0x40000000
@@ -216,8 +217,54 @@ def confine_children() -> None:
             break
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    global _SETUID_DROPS_CAPABILITIES
+    global _SETUID_DROPS_CAPABILITIES, CLONE_FILTER
     _SETUID_DROPS_CAPABILITIES = _libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0) == 0
+    CLONE_FILTER = refuse_clone_parent()
+
+
+CLONE_PARENT, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 0x8000, 22, 2
+# (AUDIT_ARCH, clone, clone3) of the architectures the filter knows; args[0]'s low word is at offset 16 on both
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}
+CLONE_FILTER = False  # whether this process (the zygote, and so each job) runs under refuse_clone_parent's filter
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def clone_filter_program(arch: str) -> bytes | None:
+    """The seccomp BPF program of refuse_clone_parent for `arch` (None: not one it knows)."""
+    if arch not in _SECCOMP_ARCH:
+        return None
+    audit, nr_clone, nr_clone3 = _SECCOMP_ARCH[arch]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW, RET_ERRNO | errno
+    code = [(ld, 0, 0, 4),              # 0: the calling convention's architecture
+            (jeq, 0, 8, audit),         # 1: another one (a 32-bit call): ENOSYS
+            (ld, 0, 0, 0),              # 2: the syscall number
+            (jge, 6, 0, 0x40000000),    # 3: x32 calls: ENOSYS
+            (jeq, 5, 0, nr_clone3),     # 4: clone3 (its flags lie in memory a filter cannot read): ENOSYS
+            (jeq, 0, 2, nr_clone),      # 5: anything but clone: allowed
+            (ld, 0, 0, 16),             # 6: clone's flags (low word)
+            (jset, 1, 0, CLONE_PARENT), # 7: CLONE_PARENT: EPERM
+            (ret, 0, 0, allow),         # 8
+            (ret, 0, 0, eperm),         # 9
+            (ret, 0, 0, enosys)]        # 10
+    return b"".join(struct.pack("=HBBI", *insn) for insn in code)
+
+
+def refuse_clone_parent() -> bool:
+    """Put this process and all it forks from now on under a seccomp filter that refuses clone with
+    CLONE_PARENT (EPERM) and clone3 (ENOSYS: glibc then uses clone). A process made the sibling of its
+    parent is a child of the zygote, outside the job's tree: its CPU time would go uncounted (a program
+    could hand its work to one and pass past the CPU limit) and its corpse would stay with the zygote.
+    Needs no-new-privileges; False (nothing installed) where the kernel or the architecture has none."""
+    program = clone_filter_program(platform.machine())
+    if program is None:
+        return False
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    return _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) == 0
 
 
 class Confinement:
@@ -299,10 +346,12 @@ def python_dirs(sys_path: list[str], prefixes: list[str]) -> list[str]:
     return out
 
 
-def describe_isolation(namespaces: bool, uid: bool, reason: str = "") -> str:
+def describe_isolation(namespaces: bool, uid: bool, reason: str = "", clone_filter: bool = False) -> str:
     """The isolation in force, as recorded in each result."""
     parts = [NAMESPACES if namespaces else f"no namespaces ({reason})" if reason else "no namespaces"]
     parts.append("own uid" if uid else "caller's uid, no capabilities")
     parts.append("rlimits (memory, processes, file size, CPU) + CPU-time timeout")
+    if clone_filter:
+        parts.append("seccomp: no clone(CLONE_PARENT), no clone3")
     return "; ".join(parts)
 

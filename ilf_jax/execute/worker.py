@@ -128,7 +128,7 @@ class Sandbox:
         finally:
             for fd in theirs:
                 os.close(fd)
-        self.asked = True
+        self.asked, self.clone_filter = True, False
         self.status_buf = b""
         self.ready: bool | None = None
         self.program_cpu: float | None = None  # the program's CPU seconds, from the zygote once it has reaped it
@@ -139,8 +139,7 @@ class Sandbox:
         """Take the zygote's answer to our request (once)."""
         if self.asked:
             self.asked = False
-            reply = zygote.answer(self.sock)
-            self.pid, self.pidfd, self.program_pid, self.setup_error = reply
+            self.pid, self.pidfd, self.program_pid, self.setup_error, self.clone_filter = zygote.answer(self.sock)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Read the sandbox's first word: ready, or the reason the sandbox could not be built."""
@@ -303,6 +302,7 @@ class Worker:
             len(os.listdir("/proc")) + cfg["limits"]["max_processes"])
         self.namespaces = bool(cfg["isolate"])
         self.fallback_reason = "" if self.namespaces else "isolation turned off"
+        self.clone_filter = False  # (the zygote says, with each sandbox)
         self._tmp: str | None = None
         self.zygote_pid, self.zygote_sock = zygote.start(cfg, [proto_in, proto_out])
         self.spare: Sandbox | None = None
@@ -319,7 +319,7 @@ class Worker:
 
     @property
     def isolation(self) -> str:
-        return isolation.describe_isolation(self.namespaces, self.own_uid, self.fallback_reason)
+        return isolation.describe_isolation(self.namespaces, self.own_uid, self.fallback_reason, self.clone_filter)
 
     def take_sandbox(self) -> Sandbox:
         """The spare sandbox (made now if there is none), ready; falls back to no namespaces if they fail."""
@@ -327,6 +327,7 @@ class Worker:
             box, self.spare = self.spare or Sandbox(self), None
             box.wait_ready()
             if box.ready:
+                self.clone_filter = box.clone_filter
                 return box
             box.kill()
             if not self.namespaces:

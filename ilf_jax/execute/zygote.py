@@ -56,16 +56,18 @@ class Request(NamedTuple):
 
 class Answer(NamedTuple):
     """The zygote's answer: the job's init (its pid and a pidfd), the program's pid (0 without namespaces), why
-    the namespaces could not be made ("": they were, or none were asked for)."""
+    the namespaces could not be made ("": they were, or none were asked for), and whether the job runs under
+    isolation.refuse_clone_parent's filter."""
 
     pid: int
     pidfd: int
     program: int
     error: str
+    clone_filter: bool
 
 
 _HEAD = struct.Struct(">I?")  # a request: uid, namespaces; then the directory (as bytes: fixed fields, no JSON
-_ANSWER = struct.Struct(">ii")  # to parse in the zygote); an answer: init pid, program pid; then the error
+_ANSWER = struct.Struct(">ii?")  # to parse in the zygote); an answer: init pid, program pid, filter; the error
 
 
 def ask(sock: socket.socket, fds: list[int], request: Request) -> None:
@@ -80,8 +82,8 @@ def answer(sock: socket.socket) -> Answer:
         for fd in got:
             os.close(fd)
         raise OSError("the zygote is gone")
-    pid, program = _ANSWER.unpack_from(msg)
-    return Answer(pid, got[0], program, msg[_ANSWER.size:].decode("utf-8", "replace"))
+    pid, program, clone_filter = _ANSWER.unpack_from(msg)
+    return Answer(pid, got[0], program, msg[_ANSWER.size:].decode("utf-8", "replace"), clone_filter)
 
 
 def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
@@ -135,7 +137,7 @@ def _serve(sock: socket.socket, cfg: dict[str, Any]) -> None:
                 os.close(fd)
         if program_fd >= 0:
             programs[program_fd] = (program_pid, fds[_STATUS])
-        reply = _ANSWER.pack(init_pid, program_pid if program_fd >= 0 else 0) + error.encode()
+        reply = _ANSWER.pack(init_pid, program_pid if program_fd >= 0 else 0, isolation.CLONE_FILTER) + error.encode()
         socket.send_fds(sock, [reply], [init_fd])
 
 
