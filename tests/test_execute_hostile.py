@@ -118,6 +118,12 @@ CASES = [
                 raise OSError(ctypes.get_errno(), "clone refused")
             return x + 1
         """), {"error"}),
+    ("user_namespace", D("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x10000000) != 0:
+            raise OSError(ctypes.get_errno(), "unshare refused")
+        """) + RIGHT, {"error"}),
     ("right_threads_subprocess_fork", D("""
         import os, subprocess, threading
         t = threading.Thread(target=lambda: None)
@@ -398,6 +404,7 @@ def test_error_text_is_useful(outcome):
     assert "f(1) == 2" in res["print_passed"].error and "actual:   0" in res["print_passed"].error
     assert "RecursionError" in res["infinite_recursion"].error
     assert "clone refused" in res["clone_parent_sibling"].error and "seccomp" in res["clone_parent_sibling"].isolation
+    assert "unshare refused" in res["user_namespace"].error
 
 
 def test_timeouts_are_prompt(outcome):

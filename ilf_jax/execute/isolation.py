@@ -222,9 +222,9 @@ def confine_children() -> None:
     CLONE_FILTER = refuse_clone_parent()
 
 
-CLONE_PARENT, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 0x8000, 22, 2
-# (AUDIT_ARCH, clone, clone3) of the architectures the filter knows; args[0]'s low word is at offset 16 on both
-_SECCOMP_ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}
+CLONE_PARENT, CLONE_NEWUSER, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 0x8000, 0x10000000, 22, 2
+# (AUDIT_ARCH, clone, clone3, unshare) of the architectures the filter knows; args[0]'s low word is at offset 16
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, 56, 435, 272), "aarch64": (0xC00000B7, 220, 435, 97)}
 CLONE_FILTER = False  # whether this process (the zygote, and so each job) runs under refuse_clone_parent's filter
 
 
@@ -236,20 +236,23 @@ def clone_filter_program(arch: str) -> bytes | None:
     """The seccomp BPF program of refuse_clone_parent for `arch` (None: not one it knows)."""
     if arch not in _SECCOMP_ARCH:
         return None
-    audit, nr_clone, nr_clone3 = _SECCOMP_ARCH[arch]
+    audit, nr_clone, nr_clone3, nr_unshare = _SECCOMP_ARCH[arch]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW, RET_ERRNO | errno
-    code = [(ld, 0, 0, 4),              # 0: the calling convention's architecture
-            (jeq, 0, 8, audit),         # 1: another one (a 32-bit call): ENOSYS
-            (ld, 0, 0, 0),              # 2: the syscall number
-            (jge, 6, 0, 0x40000000),    # 3: x32 calls: ENOSYS
-            (jeq, 5, 0, nr_clone3),     # 4: clone3 (its flags lie in memory a filter cannot read): ENOSYS
-            (jeq, 0, 2, nr_clone),      # 5: anything but clone: allowed
-            (ld, 0, 0, 16),             # 6: clone's flags (low word)
-            (jset, 1, 0, CLONE_PARENT), # 7: CLONE_PARENT: EPERM
-            (ret, 0, 0, allow),         # 8
-            (ret, 0, 0, eperm),         # 9
-            (ret, 0, 0, enosys)]        # 10
+    code = [(ld, 0, 0, 4),                                # 0: the calling convention's architecture
+            (jeq, 0, 11, audit),                          # 1: another one (a 32-bit call): ENOSYS
+            (ld, 0, 0, 0),                                # 2: the syscall number
+            (jge, 9, 0, 0x40000000),                      # 3: x32 calls: ENOSYS
+            (jeq, 8, 0, nr_clone3),                       # 4: clone3 (flags in memory a filter cannot read): ENOSYS
+            (jeq, 1, 0, nr_clone),                        # 5: clone: its flags at 7
+            (jeq, 2, 4, nr_unshare),                      # 6: unshare: its flags at 9; anything else: allowed
+            (ld, 0, 0, 16),                               # 7: clone's flags (low word)
+            (jset, 3, 2, CLONE_PARENT | CLONE_NEWUSER),   # 8: a sibling or a user namespace: EPERM
+            (ld, 0, 0, 16),                               # 9: unshare's flags
+            (jset, 1, 0, CLONE_NEWUSER),                  # 10: a user namespace: EPERM
+            (ret, 0, 0, allow),                           # 11
+            (ret, 0, 0, eperm),                           # 12
+            (ret, 0, 0, enosys)]                          # 13
     return b"".join(struct.pack("=HBBI", *insn) for insn in code)
 
 
@@ -258,7 +261,9 @@ def refuse_clone_parent() -> bool:
     CLONE_PARENT (EPERM) and clone3 (ENOSYS: glibc then uses clone). A process made the sibling of its
     parent is a child of the zygote, outside the job's tree: its CPU time would go uncounted (a program
     could hand its work to one and pass past the CPU limit) and its corpse would stay with the zygote.
-    Needs no-new-privileges; False (nothing installed) where the kernel or the architecture has none."""
+    It also refuses new user namespaces (clone, unshare): a job has no use for the capabilities one gives,
+    only the kernel's surface to gain. Needs no-new-privileges; False (nothing installed) where the kernel
+    or the architecture has none."""
     program = clone_filter_program(platform.machine())
     if program is None:
         return False
@@ -352,6 +357,6 @@ def describe_isolation(namespaces: bool, uid: bool, reason: str = "", clone_filt
     parts.append("own uid" if uid else "caller's uid, no capabilities")
     parts.append("rlimits (memory, processes, file size, CPU) + CPU-time timeout")
     if clone_filter:
-        parts.append("seccomp: no clone(CLONE_PARENT), no clone3")
+        parts.append("seccomp: no clone(CLONE_PARENT), no clone3, no user namespaces")
     return "; ".join(parts)
 
