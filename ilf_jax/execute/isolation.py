@@ -8,7 +8,8 @@ a job without capabilities can leave nothing in it), and pivots into a fresh roo
 binds of the system and Python directories, a few device nodes, a new /proc, and one size-capped
 tmpfs for /tmp, /var/tmp and /dev/shm. Nothing else of the host (the caller's files, other jobs,
 their temporary files) exists in it. `confine_children` (once, in the zygote) is what every job
-inherits: no new privileges, an empty capability bounding set; `Confinement.confine` is the program process's
+inherits: no new privileges, an empty capability bounding set, a seccomp filter (`refuse_clone_parent`: no
+process outside the job's tree, no user namespace); `Confinement.confine` is the program process's
 last step as root: its own uid, resource limits, no capabilities.
 """
 
@@ -209,7 +210,7 @@ def _pivot_root() -> None:
 def confine_children() -> None:
     """Once, in the zygote: what every process forked from it (each job's init and program) inherits,
     and what none of them can undo: no new privileges through execve, an empty capability bounding set,
-    and SIGXFSZ at its default action (CPython ignores it; a write past the job's file-size limit must
+    refuse_clone_parent's seccomp filter, and SIGXFSZ at its default action (CPython ignores it; a write past the job's file-size limit must
     kill, which becomes output_limit). Each program process used to set these itself: that cost it
     ~0.2 ms of page faults a job (the ctypes and signal-module calls, measured)."""
     for cap in range(64):  # the zygote has CAP_SETPCAP (as root); it never execs, so it loses nothing
