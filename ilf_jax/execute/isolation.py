@@ -210,9 +210,10 @@ def _pivot_root() -> None:
 def confine_children() -> None:
     """Once, in the zygote: what every process forked from it (each job's init and program) inherits,
     and what none of them can undo: no new privileges through execve, an empty capability bounding set,
-    refuse_clone_parent's seccomp filter, and SIGXFSZ at its default action (CPython ignores it; a write past the job's file-size limit must
-    kill, which becomes output_limit). Each program process used to set these itself: that cost it
-    ~0.2 ms of page faults a job (the ctypes and signal-module calls, measured)."""
+    refuse_clone_parent's seccomp filter, and SIGXFSZ at its default action (CPython ignores it; a write
+    past the job's file-size limit must kill, which becomes output_limit). Each program process used to
+    set these itself: that cost it ~0.2 ms of page faults a job (the ctypes and signal-module calls,
+    measured)."""
     for cap in range(64):  # the zygote has CAP_SETPCAP (as root); it never execs, so it loses nothing
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break
