@@ -317,3 +317,12 @@ def test_judge_pytest_front_imports_only_approx_until_asked():
             "raises = pytest.raises\nprint('_pytest.main' in sys.modules, sys.modules['pytest'].approx is approx)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True", "True"], out
+
+
+def test_judge_pytest_front_without_approx_homes_takes_the_whole_of_pytest():
+    code = ("import sys\nfrom ilf_jax.execute import pytest_module\npytest_module.install()\n"
+            "pytest_module._APPROX_HOMES = ('no_such_home',)  # a pytest that keeps approx elsewhere\n"
+            "from pytest import approx\nassert 0.1 + 0.2 == approx(0.3)\n"
+            "print(sys.modules['pytest'].__file__ is not None, sys.modules['pytest'].approx is approx)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-500:]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
-from typing import Any, Iterator
+from typing import Any
 
 _STOP = frozenset({ast.BoolOp, ast.IfExp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
                    ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom, ast.Starred})  # (the parser makes exact types)
@@ -128,12 +128,15 @@ def plan_tree(tree: ast.Module) -> tuple[tuple[str, tuple, dict], ...]:
     parents: dict[int, ast.AST] = {}
     walks: dict[int, list[ast.AST]] = {}
 
-    def calls_of(stmt: ast.stmt, alias: dict[str, str]) -> list[tuple[str, tuple, dict]] | None:
+    def walk(stmt: ast.stmt) -> list[ast.AST]:  # each statement walked once, for bound names and for calls
         if id(stmt) not in walks:
             walks[id(stmt)] = _nodes(stmt, parents)
-        return _calls(stmt, program, alias, walks[id(stmt)], parents)
+        return walks[id(stmt)]
 
-    bound = _bound([node for stmt in tree.body for node in walks.setdefault(id(stmt), _nodes(stmt, parents))])
+    def calls_of(stmt: ast.stmt, alias: dict[str, str]) -> list[tuple[str, tuple, dict]] | None:
+        return _calls(stmt, program, alias, walk(stmt), parents)
+
+    bound = _bound([node for stmt in tree.body for node in walk(stmt)])
     names = vars(builtins)
 
     def program(name: str, alias: dict[str, str]) -> bool:

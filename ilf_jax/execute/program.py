@@ -107,12 +107,11 @@ def _version_tag(d: dict) -> ctypes.c_uint64 | None:
     seen = [tag.value]
     for change in (lambda: probe.__setitem__("a", 1), lambda: probe.__setitem__("b", 0),
                    lambda: probe.pop("a"), probe.clear):
-        same = tag.value
-        if same != seen[-1]:
+        if tag.value != seen[-1]:  # it moved without a change
             return None
         change()
         seen.append(tag.value)
-    if len(set(seen)) != len(seen):
+    if len(set(seen)) != len(seen):  # a change it did not show
         return None
     return ctypes.c_uint64.from_address(id(d) + _VERSION_OFFSET)
 

@@ -81,7 +81,7 @@ def tree_cpu(root: int, below_only: bool = False) -> float:
     ticks, todo = 0, []
     if below_only:
         try:
-            todo.extend(int(child) for child in zygote.read_proc(f"/proc/{root}/task/{root}/children").split())
+            todo.extend(_children(root, root))
         except (OSError, ValueError):
             return 0.0
     else:
@@ -91,10 +91,15 @@ def tree_cpu(root: int, below_only: bool = False) -> float:
         ticks += zygote.process_ticks(pid)
         try:
             for tid in os.listdir(f"/proc/{pid}/task"):
-                todo.extend(int(child) for child in zygote.read_proc(f"/proc/{pid}/task/{tid}/children").split())
+                todo.extend(_children(pid, tid))
         except (OSError, ValueError):
             continue
     return ticks / _CLK
+
+
+def _children(pid: int, tid: int | str) -> list[int]:
+    """Pids of the children of one thread of a process, from /proc."""
+    return [int(child) for child in zygote.read_proc(f"/proc/{pid}/task/{tid}/children").split()]
 
 
 def _signal_name(sig: int) -> str:
